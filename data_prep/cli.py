@@ -1,0 +1,15 @@
+"""`medconv prepare <dataset>`: turn a public dataset's published layout into a medconv manifest."""
+
+from __future__ import annotations
+
+from medconv.cli import dispatch
+
+ADAPTERS = {
+    "cbis-ddsm": ("data_prep.cbis_ddsm", "CBIS-DDSM description CSVs + DICOM tree -> mammogram manifest."),
+    "vindr-mammo": ("data_prep.vindr_mammo", "VinDr-Mammo breast/finding annotation CSVs -> mammogram manifest."),
+    "camelyon16": ("data_prep.camelyon16", "CAMELYON16 slides + XML annotations -> slide manifest."),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch(argv, ADAPTERS, prog="medconv prepare")

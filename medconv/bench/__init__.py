@@ -1,0 +1,1 @@
+"""Throughput and memory benchmarks; each prints ratios against a baseline measured in the same run."""

@@ -1,0 +1,1 @@
+"""Readers: slides (OpenSlide + a fast TIFF path behind one interface) and mammograms (DICOM/PNG/PGM)."""
