@@ -2,86 +2,182 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
+from medconv.errors import ConfigError
+from medconv.models.attention import AttentionKernel, KernelScope, scope_attention_kernel, use_sdpa
+from medconv.models.weights import WeightReport, load_local_weights
+
+# Families whose attention carries a relative-position bias (an SDPA attn_mask): CUDA flash takes none.
+_BIASED_ATTENTION = ("swin_transformer",)
+
 
 class TimmBackbone(nn.Module):
     """Any timm model name, returning pooled features of size `num_features`.
 
-    `img_size` and `in_chans` are linked from the data config by the CLI; models that fix their input
-    size at construction (ViT, Swin, Hiera, ...) get it there. No hub downloads: weights come only from
-    `pretrained_path`.
+    `img_size` and `in_chans` are linked from the data config by the CLI; models that fix their input size
+    at construction (ViT position embeddings, Swin windows and masks, Hiera mask units) are built for it,
+    non-square included, and their windows clamp to small feature maps. `dynamic_img_size` instead lets
+    ViT/Swin take any size per call. No hub downloads: weights come only from `pretrained_path`.
+
+    Args:
+        name: timm model name (registry), e.g. convnext_tiny, swin_tiny_patch4_window7_224, hiera_tiny_224.
+        in_chans: input channels (1 for raw mammograms; timm adapts the stem).
+        img_size: (H, W) the model is built for; ignored by models that take any size (CNNs, PVT-v2).
+        pretrained_path: local timm/safetensors/Lightning/SSL weights; mismatches are reported.
+        strict_weights: make any missing/unexpected/mis-shaped key an error instead of a warning.
+        drop_path_rate: stochastic depth.
+        grad_checkpointing: recompute blocks in backward (timm's set_grad_checkpointing).
+        attention: SDPA kernel for every attention layer: auto (PyTorch chooses), flash, efficient, math.
+        channels_last: NHWC weights and inputs (CNN speed-up with AMP on GPU).
+        compile: torch.compile the model in place (state-dict keys unchanged).
+        dynamic_img_size: accept any input size at run time (ViT, Swin, SwinV2).
+        model_args: extra timm constructor arguments (depths, embed_dim, window_size, ...).
     """
 
     def __init__(
         self,
         name: str = "convnext_tiny",
         in_chans: int = 3,
-        img_size: tuple[int, int] | None = None,
+        img_size: tuple[int, int] | int | None = None,
         pretrained_path: str | None = None,
+        strict_weights: bool = False,
         drop_path_rate: float = 0.0,
         grad_checkpointing: bool = False,
+        attention: AttentionKernel = "auto",
+        channels_last: bool = False,
+        compile: bool = False,
+        dynamic_img_size: bool = False,
         model_args: dict | None = None,
     ):
         super().__init__()
         self.name = name
-        kwargs = dict(model_args or {})
-        if drop_path_rate:
-            kwargs["drop_path_rate"] = drop_path_rate
-        if img_size is not None and _takes_img_size(name):
-            kwargs["img_size"] = tuple(img_size)
-        self.model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
+        self.attention = attention
+        self.channels_last = channels_last
+        self._scope = KernelScope(attention)  # validates `attention` before the model is built
+        if img_size is not None:
+            img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
+        self.img_size = img_size
+        self.model = create_timm_model(name, in_chans, img_size, drop_path_rate, dynamic_img_size, model_args)
         self.num_features: int = self.model.num_features
-        if grad_checkpointing:
-            self.model.set_grad_checkpointing(True)
+        self.num_attention_layers = use_sdpa(self.model)
+        self._kernel_hooks = scope_attention_kernel(self.model, attention)
+        self.weight_report: WeightReport | None = None
         if pretrained_path:
-            load_local_weights(self.model, pretrained_path)
+            self.weight_report = load_local_weights(self.model, Path(pretrained_path), strict=strict_weights)
+        if grad_checkpointing:
+            self.set_grad_checkpointing(True)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model.compile()
+
+    @property
+    def family(self) -> str:
+        """The timm module the architecture lives in (convnext, swin_transformer_v2, hiera, ...)."""
+        return type(getattr(self.model, "_orig_mod", self.model)).__module__.rsplit(".", 1)[-1]
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """Channels and reduction of each stage, for dense heads built on `feature_maps`."""
+        return list(getattr(self.model, "feature_info", []))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+    def set_input_size(self, img_size: tuple[int, int]) -> None:
+        """Rebuild size-dependent parts (ViT position embeddings, Swin windows/masks) for a new input size."""
+        if not hasattr(self.model, "set_input_size"):
+            raise ConfigError(f"{self.name}: cannot change its input size after construction; rebuild it with img_size.")
+        self.model.set_input_size(img_size=tuple(img_size))
+        self.img_size = tuple(img_size)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attention == "flash" and x.is_cuda and self.family in _BIASED_ATTENTION + ("swin_transformer_v2",):
+            raise ConfigError(
+                f"{self.name}: attention=flash cannot run on CUDA, its window attention adds a relative-position "
+                "bias (attn_mask) that flash kernels do not take; use attention: efficient or auto."
+            )
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _kernel(self):
+        return self._scope.context() if self.num_attention_layers else nullcontext()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x)
+        """Unpooled last-stage features in the model's own layout (NCHW for CNNs, NHWC/NLC for ViTs)."""
+        with self._kernel():
+            return self.model.forward_features(self._prepare(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        """Pooled features (B, num_features); the task's head goes on top."""
+        with self._kernel():
+            return self.model(self._prepare(x))
+
+    def feature_maps(self, x: torch.Tensor, indices: int | list[int] | None = None) -> list[torch.Tensor]:
+        """Per-stage NCHW feature maps (dense uses: segmentation, detection, MIL on feature grids).
+
+        `indices`: stage indices, or the last n stages as an int; all stages by default.
+        """
+        if not hasattr(self.model, "forward_intermediates"):
+            raise ConfigError(f"{self.name}: timm offers no forward_intermediates for it; use features_only models.")
+        with self._kernel():
+            return self.model.forward_intermediates(
+                self._prepare(x), indices=indices, output_fmt="NCHW", intermediates_only=True
+            )
 
 
-def _takes_img_size(name: str) -> bool:
-    """Whether the architecture fixes its input size at construction (position embeddings, windows)."""
-    import inspect
+def create_timm_model(
+    name: str,
+    in_chans: int,
+    img_size: tuple[int, int] | None,
+    drop_path_rate: float,
+    dynamic_img_size: bool,
+    model_args: dict | None,
+) -> nn.Module:
+    """timm.create_model headless and without downloads; size arguments go only to models that take them."""
+    if not timm.is_model(name):
+        raise ConfigError(f"model {name!r} is not in timm's registry (import medconv.models for GResNet).")
+    kwargs = dict(model_args or {})
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    optional = {}
+    if img_size is not None:
+        optional["img_size"] = img_size
+    if dynamic_img_size:
+        optional["dynamic_img_size"] = True
+    while True:
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs, **optional)
+        except TypeError as err:
+            dropped = next((k for k in optional if f"'{k}'" in str(err)), None)
+            if dropped is None:
+                raise
+            if dropped == "dynamic_img_size":
+                raise ConfigError(f"{name}: dynamic_img_size is not supported by this architecture.") from err
+            optional.pop(dropped)  # the architecture takes any input size
+        except (AssertionError, ValueError) as err:
+            raise ConfigError(f"{name}: cannot build for img_size={img_size}, in_chans={in_chans}: {err}") from err
+        else:
+            _check_mask_units(name, model)
+            return model
 
-    entry = timm.models.get_model_entrypoint(name)
-    module = inspect.getmodule(entry)
-    cls_names = ("VisionTransformer", "SwinTransformer", "SwinTransformerV2", "Hiera", "Eva", "Beit", "DeiT")
-    return any(hasattr(module, c) for c in cls_names) and "img_size" in inspect.signature(
-        getattr(module, next(c for c in cls_names if hasattr(module, c))).__init__
-    ).parameters
 
-
-def load_local_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local timm/safetensors/torch state dict; report missing and unexpected keys, never hide them."""
-    from medconv.errors import InputFileError
-
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"{path}: pretrained weights not found; pass a local file to pretrained_path.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model", "backbone"):
-            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-                state = state[key]
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        import warnings
-
-        warnings.warn(
-            f"{path}: {len(result.missing_keys)} missing keys {result.missing_keys[:5]}, "
-            f"{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys[:5]}",
-            stacklevel=2,
+def _check_mask_units(name: str, model: nn.Module) -> None:
+    """Hiera unrolls tokens into mask units: each side's token count must be a multiple of the unit."""
+    tokens, unit = getattr(model, "tokens_spatial_shape", None), getattr(model, "mask_unit_size", None)
+    if tokens is None or unit is None:
+        return
+    stride = getattr(model, "patch_stride", (1, 1))
+    if any(t % u for t, u in zip(tokens, unit)):
+        multiple = tuple(s * u for s, u in zip(stride, unit))
+        raise ConfigError(
+            f"{name}: img_size must be a multiple of {multiple} (patch stride x mask unit) per side; "
+            f"got {tuple(t * s for t, s in zip(tokens, stride))}."
         )

@@ -1,0 +1,161 @@
+"""`medconv bench train-overhead`: what Lightning + the medconv task cost over a bare PyTorch loop.
+
+Both sides train the same timm model on the same in-memory batches with the same optimizer, loss and
+precision; rounds alternate (bare, medconv, bare, ...) and the best round of each counts, so background
+load hits both alike. Prints images/s and the ratio medconv / bare (goal ≥ 0.95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medconv import keys
+
+
+class _Batches(Dataset):
+    """Fixed random images and labels: decoding is not what this benchmark measures."""
+
+    def __init__(self, n: int, chans: int, size: tuple[int, int]):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, chans, *size, generator=g)
+        self.y = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {keys.IMAGE: self.x[i], keys.LABEL: self.y[i]}
+
+
+def _autocast(device: str, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    if precision == "16":
+        return torch.autocast(device_type=device, dtype=torch.float16)
+    return torch.autocast(device_type=device, enabled=False)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_loop(model_name: str, loader: DataLoader, steps: int, warmup: int, device: str, precision: str, chans: int) -> float:
+    """Images/s of the plain loop: timm model, AdamW, cross-entropy (GradScaler for fp16)."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, num_classes=2, in_chans=chans).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device, enabled=precision == "16")
+    seen, start = 0, 0.0
+    it = iter(loader)
+    for step in range(warmup + steps):
+        if step == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        batch = next(it)
+        x, y = batch[keys.IMAGE].to(device, non_blocking=True), batch[keys.LABEL].to(device, non_blocking=True)
+        with _autocast(device, precision):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        if step >= warmup:
+            seen += len(x)
+    _sync(device)
+    return seen / (time.perf_counter() - start)
+
+
+def medconv_loop(model_name: str, loader: DataLoader, steps: int, warmup: int, device: str, precision: str, chans: int, size: tuple[int, int]) -> float:
+    """Images/s of `ClassificationModule` + TimmBackbone under a Lightning Trainer (logging on, as in a real run)."""
+    import lightning as L
+
+    from medconv.models import TimmBackbone
+    from medconv.tasks import ClassificationModule
+
+    class Timer(L.Callback):
+        start = 0.0
+        seen = 0
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):  # noqa: ANN001
+            if batch_idx == warmup:
+                _sync(device)
+                self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):  # noqa: ANN001
+            if batch_idx >= warmup:
+                self.seen += len(batch[keys.LABEL])
+
+    torch.manual_seed(0)
+    module = ClassificationModule(
+        TimmBackbone(model_name, in_chans=chans, img_size=size), num_classes=2,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4), warmup_epochs=0.0,
+    )
+    timer = Timer()
+    trainer = L.Trainer(
+        accelerator=device, devices=1, max_epochs=1, limit_train_batches=warmup + steps, limit_val_batches=0,
+        precision={"bf16": "bf16-mixed", "16": "16-mixed", "32": "32-true"}[precision],
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[timer], num_sanity_val_steps=0, log_every_n_steps=10,
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    _sync(device)
+    return timer.seen / (time.perf_counter() - timer.start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medconv bench train-overhead", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="convnext_atto", help="timm model name (default: convnext_atto)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[224, 224], metavar=("H", "W"))
+    parser.add_argument("--in-chans", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each side counts")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=["32", "bf16", "16"], default="bf16" if torch.cuda.is_available() else "32")
+    parser.add_argument("--json", type=Path, help="write the figures here as JSON")
+    args = parser.parse_args(argv)
+
+    size = tuple(args.image_size)
+    data = _Batches(args.batch * (args.steps + args.warmup), args.in_chans, size)
+    loader = DataLoader(data, batch_size=args.batch, shuffle=False, num_workers=0, pin_memory=args.device == "cuda")
+    bare, ours = [], []
+    for r in range(args.rounds):
+        bare.append(bare_loop(args.model, loader, args.steps, args.warmup, args.device, args.precision, args.in_chans))
+        ours.append(medconv_loop(args.model, loader, args.steps, args.warmup, args.device, args.precision, args.in_chans, size))
+        print(f"round {r + 1}: bare {bare[-1]:.2f} img/s, medconv {ours[-1]:.2f} img/s", flush=True)
+    result = {
+        "model": args.model, "image_size": list(size), "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name(), "precision": args.precision,
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "bare_images_per_s": max(bare), "medconv_images_per_s": max(ours), "ratio": max(ours) / max(bare),
+    }
+    print(
+        f"{args.model} {size[0]}x{size[1]} batch {args.batch} {args.precision} on {result['device']}: "
+        f"bare loop {result['bare_images_per_s']:.2f} img/s, medconv {result['medconv_images_per_s']:.2f} img/s, "
+        f"ratio {result['ratio']:.3f} (goal >= 0.95)"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return platform.processor() or "cpu"

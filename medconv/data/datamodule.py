@@ -1,0 +1,145 @@
+"""The base of every classification datamodule: classes, patient splits, label fractions, loaders.
+
+Subclasses (mammograms, WSI tiles) say how to get the validated table and how to make a dataset; the
+base decides everything that must be the same across modalities, so ablations compare like with like.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import pandas as pd
+from torch.utils.data import DataLoader, Dataset
+
+from medconv.data.samplers import EpochSeededSampler, balanced_weights
+from medconv.data.splits import assign_splits, label_fraction_mask
+from medconv.errors import ConfigError
+
+STAGES = ("train", "val", "test", "predict")
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Rows of `load_table()` are samples with `label`, `patient_id` and (after setup) `split`, `label_index`."""
+
+    def __init__(
+        self,
+        manifest: str | None = None,
+        classes: list[str] | None = None,
+        image_size: tuple[int, int] = (512, 512),
+        in_chans: int = 3,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.0,
+        label_fraction: float = 1.0,
+        seed: int = 0,
+        balanced_sampling: bool = False,
+        predict_split: str = "test",
+    ):
+        super().__init__()
+        self.manifest = manifest
+        self._classes = list(classes) if classes is not None else None
+        self.image_size = tuple(image_size)
+        self.in_chans = in_chans
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.label_fraction = label_fraction
+        self.seed = seed
+        self.balanced_sampling = balanced_sampling
+        self.predict_split = predict_split
+        self.table: pd.DataFrame | None = None
+        self.datasets: dict[str, Dataset] = {}
+
+    # --- what subclasses provide -------------------------------------------------------------
+    def load_table(self) -> pd.DataFrame:
+        """The validated manifest (raises ManifestError listing every problem)."""
+        raise NotImplementedError
+
+    def make_dataset(self, table: pd.DataFrame, stage: str) -> Dataset:
+        raise NotImplementedError
+
+    def default_classes(self) -> list[str] | None:
+        """Classes when the config gives none (e.g. the demo data's); None = sorted labels of the table."""
+        return None
+
+    @property
+    def eval_groups(self) -> dict[str, list[str]]:
+        """Groups scored besides single samples, e.g. {"breast": ["exam_id", "laterality"]}; linked into the task."""
+        return {}
+
+    # --- shared -------------------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        if self._classes is None:
+            self._classes = self.default_classes()
+        if self._classes is None:
+            self._classes = sorted(set(self._table()["label"]))
+        return self._classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _table(self) -> pd.DataFrame:
+        if self.table is None:
+            self.table = self.load_table()
+        return self.table
+
+    def setup(self, stage: str | None = None) -> None:
+        table = self._table().copy()
+        index = {c: i for i, c in enumerate(self.classes)}
+        table["label_index"] = table["label"].map(index)
+        if table["label_index"].isna().any():
+            unknown = sorted(set(table.loc[table["label_index"].isna(), "label"]))
+            raise ConfigError(f"labels {unknown} in {self.manifest or 'the data'} are not among classes {self.classes}")
+        table["label_index"] = table["label_index"].astype(int)
+        given = table["split"] if "split" in table.columns else pd.Series([""] * len(table), index=table.index)
+        if (given == "").all():
+            table["split"] = assign_splits(
+                table["patient_id"].tolist(), table["label_index"].tolist(), self.val_fraction, self.test_fraction, self.seed
+            )
+        elif (given == "").any():
+            raise ConfigError(f"{self.manifest}: the split column is filled for some rows only; fill it for all or none")
+        train = table[table["split"] == "train"]
+        if self.label_fraction < 1:
+            train = train[label_fraction_mask(train["patient_id"].tolist(), train["label_index"].tolist(), self.label_fraction, self.seed)]
+        self.splits = {"train": train, "val": table[table["split"] == "val"], "test": table[table["split"] == "test"]}
+        self.splits["predict"] = self.splits[self.predict_split] if self.predict_split in self.splits else table
+        for name in STAGES:
+            if len(self.splits[name]):
+                self.datasets[name] = self.make_dataset(self.splits[name].reset_index(drop=True), name)
+
+    def _loader(self, stage: str) -> DataLoader:
+        if stage not in self.datasets:
+            raise ConfigError(
+                f"no {stage} samples: the manifest's split column has no {stage!r} rows "
+                f"(or set {'val_fraction' if stage == 'val' else 'test_fraction'} > 0 when splitting by patient)"
+            )
+        dataset = self.datasets[stage]
+        sampler = None
+        if stage == "train":
+            weights = balanced_weights(self.splits["train"]["label_index"].tolist()) if self.balanced_sampling else None
+            sampler = EpochSeededSampler(len(dataset), seed=self.seed, weights=weights)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            drop_last=stage == "train" and len(dataset) > self.batch_size,
+            persistent_workers=self.num_workers > 0 and stage == "train",
+            pin_memory=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")

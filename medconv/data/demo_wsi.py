@@ -1,0 +1,254 @@
+"""`medconv demo-data wsi`: synthetic H&E-like pyramidal TIFF slides with tumour regions, masks, manifest.
+
+Normal tissue: pink stroma with sparse elongated nuclei and glands (rings of small nuclei round pale
+lumens). Tumour (odd-numbered slides): sheets of large, dark, crowded, pleomorphic nuclei on a
+purplish background, no glands; a tiny CNN tells the two apart on 64-128 px tiles at 0.5-2 mpp.
+Some slides carry blue/green pen marks, on glass and over tissue, to exercise the tissue mask.
+Everything depends only on the seed and the arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from medconv.io.tiff_writer import write_pyramid_tiff
+
+MASK_DOWNSAMPLE = 16
+MANIFEST_COLUMNS = ("slide_path", "label", "patient_id", "mask_path", "mask_downsample", "mpp", "width", "height")
+BACKGROUND = (243, 241, 244)
+PEN_COLOURS = ((25, 70, 195), (35, 150, 70))  # blue, green: hues the tissue mask treats as ink
+
+
+def generate_demo_slides(
+    out: str | Path,
+    n_slides: int = 6,
+    seed: int = 0,
+    width: int = 4096,
+    height: int = 3072,
+    mpp: float = 0.5,
+    overwrite: bool = False,
+) -> Path:
+    """Write `n_slides` slides, their tumour masks and `manifest.csv` under `out`; returns the manifest path.
+
+    Slide i is `tumor` when i is odd. Masks (tumour within tissue, all zero for normal slides) are PNGs
+    at `MASK_DOWNSAMPLE`. Slides already written with the same parameters are kept unless `overwrite`.
+    """
+    out = Path(out)
+    (out / "slides").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    params = {"seed": seed, "width": width, "height": height, "mpp": mpp, "version": 1}
+    params_path = out / "demo_wsi_params.json"
+    same = params_path.exists() and json.loads(params_path.read_text()) == params and not overwrite
+    _write_text(params_path, json.dumps(params))
+    rows = []
+    for i in range(n_slides):
+        name = f"demo_{i:03d}"
+        slide_path, mask_path = out / "slides" / f"{name}.tif", out / "masks" / f"{name}_tumor.png"
+        tumour = i % 2 == 1
+        if not (same and slide_path.exists() and mask_path.exists()):
+            rgb, mask = render_slide(np.random.default_rng([seed, i]), width, height, tumour=tumour, pen=i % 3 == 0)
+            _write_mask(mask_path, _downsample_mask(mask, MASK_DOWNSAMPLE))
+            write_pyramid_tiff(slide_path, rgb, mpp)
+        rows.append({
+            "slide_path": slide_path.relative_to(out).as_posix(), "label": "tumor" if tumour else "normal",
+            "patient_id": f"demo-p{i:03d}", "mask_path": mask_path.relative_to(out).as_posix(),
+            "mask_downsample": MASK_DOWNSAMPLE, "mpp": mpp, "width": width, "height": height,
+        })
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return _write_text(out / "manifest.csv", buffer.getvalue())
+
+
+def render_slide(rng: np.random.Generator, width: int, height: int, tumour: bool, pen: bool) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 (H, W, 3) slide and its boolean tumour mask (within tissue) at full resolution."""
+    tissue = _blob_field(rng, width, height, coverage=0.45)
+    tumour_mask = tissue & _tumour_field(rng, tissue) if tumour else np.zeros_like(tissue)
+    normal = tissue & ~tumour_mask
+
+    label = tissue.astype(np.uint8) + tumour_mask.astype(np.uint8)  # 0 glass, 1 normal, 2 tumour
+    palette = (BACKGROUND, (234, 168, 198), (196, 128, 186))
+    texture = _smooth_noise(rng, width, height, scale=24) * 14 + _smooth_noise(rng, width, height, scale=4) * 10
+    texture *= label > 0
+    texture += rng.standard_normal((height, width), dtype=np.float32) * 3.0
+    channels = []
+    for c, weight in enumerate((0.6, 1.0, 0.7)):
+        lut = np.zeros(256, np.uint8)
+        lut[:3] = [p[c] for p in palette]
+        channels.append(cv2.add(cv2.LUT(label, lut), texture * weight, dtype=cv2.CV_8U))
+    rgb = cv2.merge(channels)
+
+    _draw_glands(rng, rgb, normal, tumour_mask)
+    _draw_nuclei(rng, rgb, normal, density=1 / 1400, axes=((3, 4.5), (6, 10)), colour=(112, 72, 152), jitter=14)
+    if tumour:
+        _draw_nuclei(rng, rgb, tumour_mask, density=1 / 260, axes=((7, 12), (8, 15)), colour=(72, 36, 112), jitter=22)
+    if pen:
+        _draw_pen(rng, rgb, width, height)
+    rgb = cv2.GaussianBlur(rgb, (3, 3), 0.7)
+    return rgb, tumour_mask
+
+
+def _smooth_noise(rng: np.random.Generator, width: int, height: int, scale: int) -> np.ndarray:
+    """Zero-mean, unit-ish noise with features about `scale` px wide (noise at low res, upsampled)."""
+    small = rng.standard_normal((max(2, height // scale + 2), max(2, width // scale + 2)), dtype=np.float32)
+    small = cv2.GaussianBlur(small, (0, 0), 1.0)
+    small /= small.std() + 1e-6
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+FIELD_STEP = 8  # smooth shapes are drawn at 1/8 resolution and upsampled
+
+
+def _blurred_noise(rng: np.random.Generator, width: int, height: int, sigma: float) -> np.ndarray:
+    """Smooth unit-variance noise for shapes (drawn at field resolution, so no interpolation facets)."""
+    noise = cv2.GaussianBlur(rng.standard_normal((height, width), dtype=np.float32), (0, 0), sigma)
+    return noise / (noise.std() + 1e-6)
+
+
+def _grid(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    h, w = -(-height // FIELD_STEP), -(-width // FIELD_STEP)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) * FIELD_STEP
+    return yy, xx
+
+
+def _upsample_threshold(field: np.ndarray, threshold: float, width: int, height: int) -> np.ndarray:
+    return cv2.resize(field, (width, height), interpolation=cv2.INTER_LINEAR) > threshold
+
+
+def _blob_field(rng: np.random.Generator, width: int, height: int, coverage: float) -> np.ndarray:
+    """One to three irregular tissue pieces covering about `coverage` of the slide, away from the border."""
+    yy, xx = _grid(width, height)
+    h, w = yy.shape
+    field = _blurred_noise(rng, w, h, sigma=max(w, h) / 30) * 0.35
+    for _ in range(int(rng.integers(1, 4))):
+        cx, cy = rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height
+        rx, ry = rng.uniform(0.15, 0.3) * width, rng.uniform(0.15, 0.3) * height
+        field += np.exp(-(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2))
+    # fade out towards the border so tissue keeps a margin of glass
+    edge = np.minimum(np.minimum(xx, width - xx) / width, np.minimum(yy, height - yy) / height)
+    field -= np.clip((0.08 - edge) / 0.08, 0, 1) * 3
+    return _upsample_threshold(field, float(np.quantile(field, 1 - coverage)), width, height)
+
+
+def _tumour_field(rng: np.random.Generator, tissue: np.ndarray) -> np.ndarray:
+    """One or two tumour blobs centred on tissue, together about a third of it."""
+    height, width = tissue.shape
+    yy, xx = _grid(width, height)
+    h, w = yy.shape
+    small_tissue = tissue[::FIELD_STEP, ::FIELD_STEP]
+    ys, xs = np.nonzero(small_tissue)
+    field = _blurred_noise(rng, w, h, sigma=max(w, h) / 40) * 0.2
+    for _ in range(int(rng.integers(1, 3))):
+        k = int(rng.integers(len(xs)))
+        cx, cy = xs[k] * float(FIELD_STEP), ys[k] * float(FIELD_STEP)
+        r = rng.uniform(0.08, 0.14) * max(width, height)
+        field += np.exp(-(((xx - cx) / r) ** 2 + ((yy - cy) / (r * rng.uniform(0.7, 1.3))) ** 2))
+    return _upsample_threshold(field, float(np.quantile(field[small_tissue], 0.66)), width, height)
+
+
+def _positions_in(rng: np.random.Generator, region: np.ndarray, n: int) -> np.ndarray:
+    h, w = region.shape
+    pts = np.stack([rng.integers(0, w, n), rng.integers(0, h, n)], axis=1)
+    return pts[region[pts[:, 1], pts[:, 0]]]
+
+
+def _draw_nuclei(rng: np.random.Generator, rgb: np.ndarray, region: np.ndarray, density: float,
+                 axes: tuple[tuple[float, float], tuple[float, float]], colour: tuple[int, int, int], jitter: int) -> None:
+    n = int(rng.poisson(region.size * density))
+    pts = _positions_in(rng, region, n)
+    m = len(pts)
+    a, b = rng.uniform(*axes[0], m).round().astype(int), rng.uniform(*axes[1], m).round().astype(int)
+    angles = rng.uniform(0, 180, m)
+    shade = rng.normal(0, jitter, (m, 1)) + rng.normal(0, jitter / 4, (m, 3))  # darker/lighter, little hue change
+    colours = np.clip(np.asarray(colour) + shade, 0, 255).astype(int).tolist()
+    for (x, y), ai, bi, ang, c in zip(pts.tolist(), a.tolist(), b.tolist(), angles.tolist(), colours):
+        cv2.ellipse(rgb, (x, y), (ai, bi), ang, 0, 360, c, -1, cv2.LINE_AA)
+
+
+def _draw_glands(rng: np.random.Generator, rgb: np.ndarray, normal: np.ndarray, tumour: np.ndarray) -> None:
+    """Pale lumens ringed by epithelium and a row of small nuclei, only in normal tissue."""
+    keep_out = cv2.dilate(tumour.astype(np.uint8), np.ones((121, 121), np.uint8)).astype(bool) if tumour.any() else tumour
+    safe = cv2.erode(normal.astype(np.uint8), np.ones((121, 121), np.uint8)).astype(bool) & ~keep_out
+    n = int(rng.poisson(normal.sum() / 90_000))
+    for x, y in _positions_in(rng, safe, n):
+        a, b = rng.uniform(22, 55), rng.uniform(18, 45)
+        angle = float(rng.uniform(0, 180))
+        centre = (int(x), int(y))
+        cv2.ellipse(rgb, centre, (int(a + 12), int(b + 12)), angle, 0, 360, (214, 140, 192), -1, cv2.LINE_AA)
+        cv2.ellipse(rgb, centre, (int(a), int(b)), angle, 0, 360, (246, 230, 240), -1, cv2.LINE_AA)
+        theta = np.deg2rad(angle)
+        for t in np.linspace(0, 2 * np.pi, int((a + b) / 4), endpoint=False):
+            ex, ey = (a + 6) * np.cos(t), (b + 6) * np.sin(t)
+            px = x + ex * np.cos(theta) - ey * np.sin(theta)
+            py = y + ex * np.sin(theta) + ey * np.cos(theta)
+            cv2.circle(rgb, (int(px), int(py)), int(rng.integers(3, 5)), (100, 58, 140), -1, cv2.LINE_AA)
+
+
+def _draw_pen(rng: np.random.Generator, rgb: np.ndarray, width: int, height: int) -> None:
+    """A wavy pen stroke or two, as pathologists leave on glass and over tissue."""
+    for _ in range(int(rng.integers(1, 3))):
+        x0, y0 = rng.uniform(0.05, 0.5) * width, rng.uniform(0.05, 0.95) * height
+        length, angle = rng.uniform(0.3, 0.6) * width, rng.uniform(-0.5, 0.5)
+        t = np.linspace(0, 1, 60)
+        xs = x0 + t * length * np.cos(angle)
+        ys = y0 + t * length * np.sin(angle) + np.sin(t * rng.uniform(4, 10)) * 0.03 * height
+        pts = np.stack([xs, ys], axis=1).astype(np.int32).reshape(-1, 1, 2)
+        colour = PEN_COLOURS[int(rng.integers(len(PEN_COLOURS)))]
+        cv2.polylines(rgb, [pts], False, colour, int(rng.integers(10, 22)), cv2.LINE_AA)
+
+
+def _downsample_mask(mask: np.ndarray, factor: int) -> np.ndarray:
+    """Block majority at `factor` (edges padded), so the mask is exactly `factor` times smaller (rounded up)."""
+    h, w = mask.shape
+    ph, pw = -h % factor, -w % factor
+    padded = np.pad(mask.astype(np.float32), ((0, ph), (0, pw)))
+    blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor)
+    return blocks.mean(axis=(1, 3)) >= 0.5
+
+
+def _write_mask(path: Path, mask: np.ndarray) -> None:
+    from medconv.tiling.images import write_mask_png
+
+    write_mask_png(path, mask, MASK_DOWNSAMPLE)
+
+
+def _write_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="medconv demo-data wsi", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, type=Path, help="output folder (slides/, masks/, manifest.csv)")
+    p.add_argument("--n-slides", type=int, default=6, help="number of slides; odd-numbered ones carry tumour")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=4096, help="level-0 width in pixels")
+    p.add_argument("--height", type=int, default=3072, help="level-0 height in pixels")
+    p.add_argument("--mpp", type=float, default=0.5, help="microns per level-0 pixel written into the TIFF")
+    p.add_argument("--overwrite", action="store_true", help="regenerate slides that already exist")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.n_slides < 1 or args.width < 256 or args.height < 256 or args.mpp <= 0:
+        print("medconv demo-data wsi: error: need --n-slides >= 1, --width/--height >= 256, --mpp > 0", file=sys.stderr)
+        return 2
+    manifest = generate_demo_slides(args.out, args.n_slides, args.seed, args.width, args.height, args.mpp, args.overwrite)
+    print(f"wrote {args.n_slides} slides; manifest {manifest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

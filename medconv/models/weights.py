@@ -1,0 +1,162 @@
+"""Local pretrained weights for a timm backbone: load, adapt to this model's size, report every mismatch.
+
+No hub downloads. Accepts timm/torch `.pth`/`.pt`/`.bin`/`.ckpt` state dicts, `.safetensors`, Lightning
+checkpoints of our tasks (`backbone.model.` prefix) and SSL exports (any common prefix): the prefix that
+matches most of the model's keys is stripped. The family's own timm `checkpoint_filter_fn` then resizes
+what timm knows how to resize (ViT position embeddings, Swin relative-position tables, patch embeddings);
+absolute position embeddings it leaves alone (Hiera) are resampled here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medconv.errors import ConfigError, InputFileError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WeightReport:
+    """What a load did: kept a user-visible record rather than a silent `strict=False`."""
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)  # "key: file shape -> model shape"
+    resized: list[str] = field(default_factory=list)
+    classifier_dropped: list[str] = field(default_factory=list)
+    prefix: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, limit: int = 10) -> str:
+        def names(keys: list[str]) -> str:
+            more = f", ... (+{len(keys) - limit})" if len(keys) > limit else ""
+            return ", ".join(keys[:limit]) + more
+
+        parts = [f"{self.path}: loaded {len(self.loaded)} tensors"]
+        if self.prefix:
+            parts.append(f"stripped prefix {self.prefix!r}")
+        if self.resized:
+            parts.append(f"resized {len(self.resized)} [{names(self.resized)}]")
+        if self.classifier_dropped:
+            parts.append(f"dropped {len(self.classifier_dropped)} classifier keys")
+        for label, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("shape mismatch", self.mismatched)):
+            if keys:
+                parts.append(f"{len(keys)} {label} keys [{names(keys)}]")
+        return "; ".join(parts)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors in a local weights file (weights_only for torch pickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: pretrained weights not found; pass a local file to pretrained_path.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt or unsupported file: name it, keep the cause
+        raise InputFileError(f"{path}: cannot read weights ({type(err).__name__}: {err}).") from err
+    for key in ("state_dict", "model", "model_state", "backbone", "teacher", "student"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise InputFileError(f"{path}: expected a state dict, found {type(state).__name__}.")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _best_prefix(keys: list[str], model_keys: set[str]) -> str:
+    """The leading `a.b.` prefix whose removal matches most model keys ('' if none does better)."""
+    candidates = {""}
+    for key in keys:
+        parts = key.split(".")
+        candidates.update(".".join(parts[:i]) + "." for i in range(1, min(4, len(parts))))
+    def score(prefix: str) -> int:
+        return sum(1 for k in keys if k.startswith(prefix) and k[len(prefix):] in model_keys)
+    return max(sorted(candidates, key=len), key=score)
+
+
+def _timm_filter(model: nn.Module):
+    return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+
+
+def _resize_pos_embed(key: str, value: torch.Tensor, target: torch.Tensor, model: nn.Module) -> torch.Tensor | None:
+    """Resample an absolute (1, N, C) position embedding to the model's token grid, if we know it."""
+    from timm.layers import resample_abs_pos_embed
+
+    if not key.endswith("pos_embed") or value.ndim != 3 or target.ndim != 3 or value.shape[-1] != target.shape[-1]:
+        return None
+    grid = getattr(model, "tokens_spatial_shape", None)  # Hiera
+    if grid is None and hasattr(model, "patch_embed") and hasattr(model.patch_embed, "grid_size"):
+        grid = model.patch_embed.grid_size
+    if grid is None:
+        return None
+    prefix = target.shape[1] - grid[0] * grid[1]
+    old_tokens = value.shape[1] - prefix
+    side = int(round(old_tokens**0.5))
+    if prefix < 0 or side * side != old_tokens:
+        return None
+    return resample_abs_pos_embed(value, new_size=list(grid), old_size=[side, side], num_prefix_tokens=prefix)
+
+
+def load_local_weights(model: nn.Module, path: str | Path, strict: bool = False) -> WeightReport:
+    """Load `path` into the timm `model`, adapting sizes; warn on any mismatch, raise if `strict`."""
+    state = read_state_dict(path)
+    target = model.state_dict()
+    report = WeightReport(path=str(path))
+    report.prefix = _best_prefix(list(state), set(target))
+    if report.prefix:
+        state = {k[len(report.prefix):]: v for k, v in state.items() if k.startswith(report.prefix)}
+
+    filter_fn = _timm_filter(model)
+    if filter_fn is not None:
+        before = {k: tuple(v.shape) for k, v in state.items()}
+        state = filter_fn(state, model)
+        report.resized += [k for k, v in state.items() if k in before and tuple(v.shape) != before[k]]
+
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    classifiers = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    kept: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key not in target:
+            if any(key.startswith(c + ".") for c in classifiers) and getattr(model, "num_classes", 1) == 0:
+                report.classifier_dropped.append(key)
+            else:
+                report.unexpected.append(key)
+            continue
+        if value.shape != target[key].shape:
+            resized = _resize_pos_embed(key, value, target[key], model)
+            if resized is None or resized.shape != target[key].shape:
+                report.mismatched.append(f"{key}: {tuple(value.shape)} -> {tuple(target[key].shape)}")
+                continue
+            report.resized.append(key)
+            value = resized
+        kept[key] = value
+    result = model.load_state_dict(kept, strict=False)
+    report.missing = list(result.missing_keys)
+    report.loaded = list(kept)
+
+    if report.ok:
+        log.info(report.summary())
+    elif strict:
+        raise ConfigError(f"weights do not match the model: {report.summary()}")
+    else:
+        warnings.warn(f"weights do not match the model: {report.summary()}", stacklevel=2)
+        log.warning(report.summary())
+    return report

@@ -1,0 +1,53 @@
+"""Every YAML in configs/ parses: experiments alone, overrides on top of their experiment, pieces through one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medconv.lightning_cli import run_lightning
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# Override files and the experiment each one applies to.
+OVERRIDES = {
+    "quickstart_cpu.yaml": "mammo_convnext.yaml",
+    "tests/tiny_mammo.yaml": "mammo_convnext.yaml",
+    "tests/tiny_wsi.yaml": "wsi_convnext.yaml",
+}
+PIECE_DIRS = ("base", "backbones")
+
+
+def _all_yaml() -> list[str]:
+    return sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml"))
+
+
+def _is_experiment(rel: str) -> bool:
+    content = yaml.safe_load((CONFIGS / rel).read_text()) or {}
+    return isinstance(content, dict) and {"trainer", "data", "model"} <= set(content)
+
+
+def _print_config(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
+    with pytest.raises(SystemExit) as exit_info:
+        run_lightning(["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("rel", _all_yaml())
+def test_config_parses(rel: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if rel.split("/")[0] in PIECE_DIRS:
+        if rel.startswith("backbones/"):
+            config = _print_config(["--config", str(CONFIGS / "mammo_convnext.yaml"), "--model.init_args.backbone", str(CONFIGS / rel)], capsys)
+            assert config["model"]["init_args"]["backbone"]["class_path"]
+        else:
+            referenced = any(Path(rel).name in (CONFIGS / e).read_text() for e in _all_yaml() if _is_experiment(e))
+            assert referenced, f"configs/{rel} is referenced by no experiment config, so nothing parses it"
+        return
+    if _is_experiment(rel):
+        config = _print_config(["--config", str(CONFIGS / rel)], capsys)
+    else:
+        assert rel in OVERRIDES, f"configs/{rel} is neither an experiment nor a known override: add it to OVERRIDES"
+        config = _print_config(["--config", str(CONFIGS / OVERRIDES[rel]), "--config", str(CONFIGS / rel)], capsys)
+    assert config["model"]["class_path"] and config["data"]["class_path"]
