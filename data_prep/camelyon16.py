@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
-import os
 import sys
 from pathlib import Path
 
+import pandas as pd
+
+from data_prep._common import relpath, write_manifest
 from medconv.errors import InputFileError, MedconvError
 
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs")
@@ -77,26 +78,10 @@ def build_rows(root: Path, out_dir: Path, val_fraction: float = 0.2, seed: int =
         if label == "tumor" and not xml.is_file():
             warnings.append(f"{path.name}: tumour slide without {xml.relative_to(root)}; its tiles get the slide label")
         rows.append({
-            "slide_path": _rel(path, out_dir), "label": label, "patient_id": path.stem, "split": split,
-            "annotation_path": _rel(xml, out_dir) if xml.is_file() else "",
+            "slide_path": relpath(path, out_dir), "label": label, "patient_id": path.stem, "split": split,
+            "annotation_path": relpath(xml, out_dir) if xml.is_file() else "",
         })
     return rows, warnings
-
-
-def _rel(path: Path, base: Path) -> str:
-    return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
-
-
-def write_manifest(rows: list[dict], path: Path) -> Path:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    write_manifest(rows, args.out)
+    write_manifest(pd.DataFrame(rows, columns=list(COLUMNS)), args.out)
     counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
     print(f"wrote {args.out}: {len(rows)} slides ({counts['train']} train, {counts['val']} val, {counts['test']} test); "
           f"next: medconv tile <slides> --out coords/ and set data.init_args.coords_dir")

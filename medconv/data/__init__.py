@@ -12,6 +12,10 @@ _LAZY = {
     "ClassificationDataModule": "medconv.data.datamodule",
     "MammoDataModule": "medconv.data.mammo_datamodule",
     "MammoAugment": "medconv.data.mammo_transforms",
+    "WSITileDataModule": "medconv.data.wsi_datamodule",
+    "MammoPatchDataModule": "medconv.data.mammo_patches",
+    "HEAugment": "medconv.data.he_transforms",
+    "TileDataset": "medconv.data.tile_dataset",
 }
 
 

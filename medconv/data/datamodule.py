@@ -119,7 +119,10 @@ class ClassificationDataModule(L.LightningDataModule):
         dataset = self.datasets[stage]
         sampler = None
         if stage == "train":
-            weights = balanced_weights(self.splits["train"]["label_index"].tolist()) if self.balanced_sampling else None
+            # A dataset whose samples are not the table's rows (tiles, patches) exposes its own `labels`.
+            labels = getattr(dataset, "labels", None)
+            labels = self.splits["train"]["label_index"].tolist() if labels is None else list(labels)
+            weights = balanced_weights(labels) if self.balanced_sampling else None
             sampler = EpochSeededSampler(len(dataset), seed=self.seed, weights=weights)
         return DataLoader(
             dataset,

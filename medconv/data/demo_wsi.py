@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -26,6 +27,21 @@ MASK_DOWNSAMPLE = 16
 MANIFEST_COLUMNS = ("slide_path", "label", "patient_id", "mask_path", "mask_downsample", "mpp", "width", "height")
 BACKGROUND = (243, 241, 244)
 PEN_COLOURS = ((25, 70, 195), (35, 150, 70))  # blue, green: hues the tissue mask treats as ink
+#: tissue pieces smaller than this (mm^2) are not drawn: `medconv tile` drops pieces under 0.02 mm^2 as dust,
+#: and the demo's tumour masks should only mark tissue that tiling can find
+MIN_PIECE_MM2 = 0.05
+#: bumped whenever the pixels change for the same arguments (2: RGB stored as RGB by the TIFF writer, no
+#: crumbs), so slides cached by an older medconv are regenerated rather than reused
+DEMO_VERSION = 2
+
+
+class DemoSlide(NamedTuple):
+    """A rendered slide and its ground truth, all at full resolution (masks boolean, H x W)."""
+
+    rgb: np.ndarray
+    tumour: np.ndarray  # tumour within tissue
+    tissue: np.ndarray  # where the generator put tissue (gland lumens included, ink over it too)
+    pen: np.ndarray  # pixels covered by pen ink, on glass or over tissue
 
 
 def generate_demo_slides(
@@ -45,7 +61,7 @@ def generate_demo_slides(
     out = Path(out)
     (out / "slides").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    params = {"seed": seed, "width": width, "height": height, "mpp": mpp, "version": 1}
+    params = {"seed": seed, "width": width, "height": height, "mpp": mpp, "version": DEMO_VERSION}
     params_path = out / "demo_wsi_params.json"
     same = params_path.exists() and json.loads(params_path.read_text()) == params and not overwrite
     _write_text(params_path, json.dumps(params))
@@ -55,9 +71,10 @@ def generate_demo_slides(
         slide_path, mask_path = out / "slides" / f"{name}.tif", out / "masks" / f"{name}_tumor.png"
         tumour = i % 2 == 1
         if not (same and slide_path.exists() and mask_path.exists()):
-            rgb, mask = render_slide(np.random.default_rng([seed, i]), width, height, tumour=tumour, pen=i % 3 == 0)
-            _write_mask(mask_path, _downsample_mask(mask, MASK_DOWNSAMPLE))
-            write_pyramid_tiff(slide_path, rgb, mpp)
+            slide = render_slide(np.random.default_rng([seed, i]), width, height, tumour=tumour, pen=i % 3 == 0,
+                                 min_piece_px=round(MIN_PIECE_MM2 * 1e6 / mpp**2))
+            _write_mask(mask_path, _downsample_mask(slide.tumour, MASK_DOWNSAMPLE))
+            write_pyramid_tiff(slide_path, slide.rgb, mpp)
         rows.append({
             "slide_path": slide_path.relative_to(out).as_posix(), "label": "tumor" if tumour else "normal",
             "patient_id": f"demo-p{i:03d}", "mask_path": mask_path.relative_to(out).as_posix(),
@@ -70,9 +87,14 @@ def generate_demo_slides(
     return _write_text(out / "manifest.csv", buffer.getvalue())
 
 
-def render_slide(rng: np.random.Generator, width: int, height: int, tumour: bool, pen: bool) -> tuple[np.ndarray, np.ndarray]:
-    """RGB uint8 (H, W, 3) slide and its boolean tumour mask (within tissue) at full resolution."""
-    tissue = _blob_field(rng, width, height, coverage=0.45)
+def render_slide(
+    rng: np.random.Generator, width: int, height: int, tumour: bool, pen: bool, min_piece_px: int = 200_000
+) -> DemoSlide:
+    """RGB uint8 (H, W, 3) slide with its tumour, tissue and pen masks (the ground truth tests compare with).
+
+    min_piece_px: tissue pieces smaller than this are left out (the largest piece is always kept).
+    """
+    tissue = _drop_small_pieces(_blob_field(rng, width, height, coverage=0.45), min_piece_px)
     tumour_mask = tissue & _tumour_field(rng, tissue) if tumour else np.zeros_like(tissue)
     normal = tissue & ~tumour_mask
 
@@ -92,10 +114,22 @@ def render_slide(rng: np.random.Generator, width: int, height: int, tumour: bool
     _draw_nuclei(rng, rgb, normal, density=1 / 1400, axes=((3, 4.5), (6, 10)), colour=(112, 72, 152), jitter=14)
     if tumour:
         _draw_nuclei(rng, rgb, tumour_mask, density=1 / 260, axes=((7, 12), (8, 15)), colour=(72, 36, 112), jitter=22)
+    pen_mask = np.zeros((height, width), np.uint8)
     if pen:
-        _draw_pen(rng, rgb, width, height)
+        _draw_pen(rng, rgb, pen_mask, width, height)
     rgb = cv2.GaussianBlur(rgb, (3, 3), 0.7)
-    return rgb, tumour_mask
+    return DemoSlide(rgb, tumour_mask, tissue, pen_mask.astype(bool))
+
+
+def _drop_small_pieces(mask: np.ndarray, min_px: int) -> np.ndarray:
+    """Connected pieces of `mask` with at least `min_px` pixels (or the largest piece, if none is that big)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return mask
+    areas = stats[:, cv2.CC_STAT_AREA]
+    keep = areas >= min(min_px, int(areas[1:].max()))
+    keep[0] = False
+    return keep[labels]
 
 
 def _smooth_noise(rng: np.random.Generator, width: int, height: int, scale: int) -> np.ndarray:
@@ -194,7 +228,7 @@ def _draw_glands(rng: np.random.Generator, rgb: np.ndarray, normal: np.ndarray, 
             cv2.circle(rgb, (int(px), int(py)), int(rng.integers(3, 5)), (100, 58, 140), -1, cv2.LINE_AA)
 
 
-def _draw_pen(rng: np.random.Generator, rgb: np.ndarray, width: int, height: int) -> None:
+def _draw_pen(rng: np.random.Generator, rgb: np.ndarray, drawn: np.ndarray, width: int, height: int) -> None:
     """A wavy pen stroke or two, as pathologists leave on glass and over tissue."""
     for _ in range(int(rng.integers(1, 3))):
         x0, y0 = rng.uniform(0.05, 0.5) * width, rng.uniform(0.05, 0.95) * height
@@ -204,7 +238,9 @@ def _draw_pen(rng: np.random.Generator, rgb: np.ndarray, width: int, height: int
         ys = y0 + t * length * np.sin(angle) + np.sin(t * rng.uniform(4, 10)) * 0.03 * height
         pts = np.stack([xs, ys], axis=1).astype(np.int32).reshape(-1, 1, 2)
         colour = PEN_COLOURS[int(rng.integers(len(PEN_COLOURS)))]
-        cv2.polylines(rgb, [pts], False, colour, int(rng.integers(10, 22)), cv2.LINE_AA)
+        thickness = int(rng.integers(10, 22))
+        cv2.polylines(rgb, [pts], False, colour, thickness, cv2.LINE_AA)
+        cv2.polylines(drawn, [pts], False, 1, thickness)
 
 
 def _downsample_mask(mask: np.ndarray, factor: int) -> np.ndarray:

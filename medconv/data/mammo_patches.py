@@ -116,17 +116,17 @@ def plan_patches(
 
 # --- one image: resample, orient, cache -------------------------------------------------------------
 def prepare_image(
-    source: str, spacing_mm: float, fallback_spacing: float | None = None, mask_path: str = "",
-    boxes: str = "", cache_dir: str | None = None,
+    source: str, spacing_mm: float, given_spacing: float | None = None, default_spacing: float | None = None,
+    mask_path: str = "", boxes: str = "", cache_dir: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, Path | None]:
     """float32 image in [0, 1] at `spacing_mm`, chest wall left; its lesion mask (or None); its cache file.
 
-    The pixel spacing comes from the manifest (`fallback_spacing`, given per row) or the file; an image
-    with neither is an error, never a guess.
+    Pixel spacing (mm/px): `given_spacing` (the manifest's) wins, then the file's, then `default_spacing`;
+    an image with none of them is an error, never a guess.
     """
     img_path = les_path = None
     if cache_dir:
-        key = _cache_key(source, spacing_mm, fallback_spacing, mask_path, boxes)
+        key = _cache_key(source, spacing_mm, (given_spacing, default_spacing), mask_path, boxes)
         img_path, les_path = Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}_lesion.npy"
         if img_path.exists():
             lesion = np.load(les_path) if les_path.exists() else None
@@ -135,7 +135,9 @@ def prepare_image(
     from medconv.io.mammo import read_mammogram
 
     mammo = read_mammogram(source)
-    spacing = (fallback_spacing, fallback_spacing) if fallback_spacing else mammo.pixel_spacing_mm
+    spacing = (given_spacing, given_spacing) if given_spacing else mammo.pixel_spacing_mm
+    if not spacing and default_spacing:
+        spacing = (default_spacing, default_spacing)
     if not spacing:
         raise InputFileError(
             f"{source}: no pixel spacing in the file; add a pixel_spacing_mm column to the manifest "
@@ -149,8 +151,8 @@ def prepare_image(
         lesion, _ = read_mask_png(mask_path)
         if lesion.shape != pixels.shape:
             raise InputFileError(f"{mask_path}: mask is {lesion.shape[::-1]} px but {source} is {pixels.shape[::-1]}; masks must match their image")
-    elif boxes and json.loads(boxes):
-        lesion = boxes_mask(json.loads(boxes), pixels.shape)
+    elif parse_boxes(boxes, source):
+        lesion = boxes_mask(parse_boxes(boxes, source), pixels.shape)
     if infer_laterality(pixels, breast_mask(pixels)) == "R":
         pixels = pixels[:, ::-1]
         lesion = None if lesion is None else lesion[:, ::-1]
@@ -167,7 +169,20 @@ def prepare_image(
     return image.astype(np.float32), lesion, img_path
 
 
-def _cache_key(source: str, spacing_mm: float, fallback: float | None, mask_path: str, boxes: str) -> str:
+def parse_boxes(value: str, source: str = "") -> list[list[float]]:
+    """The manifest's `boxes`: a JSON list of [x0, y0, x1, y1] in original pixels ("" or "[]" for none)."""
+    if not value or not value.strip():
+        return []
+    try:
+        boxes = json.loads(value)
+        if not all(len(b) == 4 for b in boxes):
+            raise ValueError("each box needs 4 numbers")
+        return [[float(v) for v in b] for b in boxes]
+    except (ValueError, TypeError) as err:
+        raise InputFileError(f"{source}: boxes {value!r} are not a JSON list of [x0, y0, x1, y1] ({err})") from err
+
+
+def _cache_key(source: str, spacing_mm: float, fallback: object, mask_path: str, boxes: str) -> str:
     st = os.stat(source)
     mask_id = f"{mask_path}|{os.stat(mask_path).st_mtime_ns}" if mask_path else boxes
     ident = f"{Path(source).resolve()}|{st.st_size}|{st.st_mtime_ns}|{spacing_mm}|{fallback}|{mask_id}|{PREP_VERSION}"
@@ -180,13 +195,17 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def image_patches(row: dict, options: PatchOptions, fallback_spacing: float | None, cache_dir: str | None, seed: int) -> dict:
+def image_patches(row: dict, options: PatchOptions, default_spacing: float | None, cache_dir: str | None, seed: int) -> dict:
     """Prepare one manifest row and plan its patches; errors come back as a message (collected by the caller)."""
     cv2.setNumThreads(1)
     try:
-        spacing = float(row["pixel_spacing_mm"]) if row.get("pixel_spacing_mm") else fallback_spacing
-        image, lesion, cached = prepare_image(row["image_path"], options.spacing_mm, spacing, row.get("mask_path", ""),
-                                              row.get("boxes", ""), cache_dir)
+        given = row.get("pixel_spacing_mm")
+        try:
+            given = float(given) if given not in (None, "") else None
+        except ValueError:
+            raise InputFileError(f"{row['image_path']}: pixel_spacing_mm {given!r} is not a number (mm per pixel)") from None
+        image, lesion, cached = prepare_image(row["image_path"], options.spacing_mm, given, default_spacing,
+                                              row.get("mask_path", ""), row.get("boxes", ""), cache_dir)
     except InputFileError as err:
         return {"error": str(err)}
     from medconv.data.mammo_prep import breast_mask
@@ -342,7 +361,15 @@ class MammoPatchDataModule(ClassificationDataModule):
         for column in ("exam_id", "laterality", "view", "mask_path", "boxes", "pixel_spacing_mm"):
             if column not in table.columns:
                 table[column] = ""
-        annotated = (table["mask_path"] != "") | table["boxes"].map(lambda b: bool(b) and bool(json.loads(b)))
+        problems, has_boxes = [], []
+        for i, (source, value) in enumerate(zip(table["image_path"], table["boxes"])):
+            try:
+                has_boxes.append(bool(parse_boxes(value, source)))
+            except InputFileError as err:
+                problems.append(f"row {i + 2}: {err}")
+                has_boxes.append(False)
+        raise_if_problems(path, problems)
+        annotated = (table["mask_path"] != "") | pd.Series(has_boxes, index=table.index)
         keep = annotated | table["label"].isin(self.negative_image_labels)
         table = table[keep].copy()
         table["image_label"] = table["label"]
@@ -374,17 +401,3 @@ class MammoPatchDataModule(ClassificationDataModule):
         transform = mammo_train_transforms(self.augment) if stage == "train" else None
         return MammoPatchDataset(rows, [res["source"] for res in results], patches, self.options.patch_size,
                                  self.in_chans, transform, self.seed)
-
-    def train_dataloader(self):
-        """Balanced sampling weighs patches by their own labels (background patches far outnumber lesions)."""
-        from torch.utils.data import DataLoader
-
-        from medconv.data.samplers import EpochSeededSampler, balanced_weights
-
-        if not self.balanced_sampling or "train" not in self.datasets:
-            return super().train_dataloader()
-        dataset = self.datasets["train"]
-        sampler = EpochSeededSampler(len(dataset), seed=self.seed, weights=balanced_weights(dataset.labels.tolist()))
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          drop_last=len(dataset) > self.batch_size, persistent_workers=self.num_workers > 0)
-

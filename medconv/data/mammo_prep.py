@@ -117,7 +117,7 @@ def preprocess(
     prep = PreparedMammo(
         image=np.empty(0, np.float32),
         mask=np.empty(0, bool),
-        laterality=(laterality or side).upper(),
+        laterality=(laterality or side).strip().upper()[:1],  # "LEFT" -> "L"
         flipped=flipped,
         crop_box=crop_box,
         scale=1.0,

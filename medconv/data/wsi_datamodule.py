@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from medconv.data.datamodule import ClassificationDataModule
 from medconv.data.he_transforms import IMAGENET_MEAN, IMAGENET_STD, HEAugment, he_train_transforms
 from medconv.data.manifest import raise_if_problems, read_manifest
-from medconv.data.samplers import EpochSeededSampler, balanced_weights
 from medconv.data.tile_dataset import UNLABELLED, SlideTiles, TileDataset, load_slide_tiles
 from medconv.errors import ConfigError, MedconvError
 
@@ -189,14 +188,3 @@ class WSITileDataModule(ClassificationDataModule):
         slides = [self.slide_tiles(row, cap) for row in table.to_dict("records")]
         transform = he_train_transforms(self.augment, seed=self.seed) if stage == "train" else None
         return TileDataset(slides, transform, self.image_size, self.mean, self.std, seed=self.seed, backend=self.backend)
-
-    def train_dataloader(self) -> DataLoader:
-        """Balanced sampling weighs tiles by their own labels (the base would weigh slides)."""
-        if not self.balanced_sampling or "train" not in self.datasets:
-            return super().train_dataloader()
-        dataset = self.datasets["train"]
-        sampler = EpochSeededSampler(len(dataset), seed=self.seed, weights=balanced_weights(dataset.labels.tolist()))
-        return DataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-            drop_last=len(dataset) > self.batch_size, persistent_workers=self.num_workers > 0,
-        )

@@ -81,6 +81,8 @@ class OpenSlideReader:
 
 def _rgba_on_white(rgba: np.ndarray) -> np.ndarray:
     """OpenSlide returns premultiplied RGBA with alpha 0 outside the scanned area: show that as white."""
+    if rgba[..., 3].min() == 255:  # fully scanned region, the common case: no blending needed
+        return np.ascontiguousarray(rgba[..., :3])
     rgb = rgba[..., :3].astype(np.uint16)
     alpha = rgba[..., 3:4].astype(np.uint16)
     return (rgb + (255 - alpha)).clip(0, 255).astype(np.uint8)

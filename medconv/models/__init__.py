@@ -4,9 +4,6 @@ from medconv.models.attention import attention_modules, sdpa_backends, use_sdpa
 from medconv.models.backbone import TimmBackbone
 from medconv.models.weights import WeightReport, load_local_weights
 
-try:  # registers gresnet50 and its small variants with timm
-    import medconv.models.gresnet  # noqa: F401
-except ImportError:  # written by another helper; absent until then
-    pass
+import medconv.models.gresnet  # noqa: F401  (registers gresnet50 and its small variants with timm)
 
 __all__ = ["TimmBackbone", "WeightReport", "attention_modules", "load_local_weights", "sdpa_backends", "use_sdpa"]

@@ -14,7 +14,7 @@ from medconv.models.attention import AttentionKernel, KernelScope, scope_attenti
 from medconv.models.weights import WeightReport, load_local_weights
 
 # Families whose attention carries a relative-position bias (an SDPA attn_mask): CUDA flash takes none.
-_BIASED_ATTENTION = ("swin_transformer",)
+_BIASED_ATTENTION = ("swin_transformer", "swin_transformer_v2")
 
 
 class TimmBackbone(nn.Module):
@@ -66,7 +66,8 @@ class TimmBackbone(nn.Module):
         self.model = create_timm_model(name, in_chans, img_size, drop_path_rate, dynamic_img_size, model_args)
         self.num_features: int = self.model.num_features
         self.num_attention_layers = use_sdpa(self.model)
-        self._kernel_hooks = scope_attention_kernel(self.model, attention)
+        if not compile:  # compiled graphs recompute inside the graph; the context around forward suffices
+            scope_attention_kernel(self.model, attention)
         self.weight_report: WeightReport | None = None
         if pretrained_path:
             self.weight_report = load_local_weights(self.model, Path(pretrained_path), strict=strict_weights)
@@ -98,7 +99,7 @@ class TimmBackbone(nn.Module):
         self.img_size = tuple(img_size)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if self.attention == "flash" and x.is_cuda and self.family in _BIASED_ATTENTION + ("swin_transformer_v2",):
+        if self.attention == "flash" and x.is_cuda and self.family in _BIASED_ATTENTION:
             raise ConfigError(
                 f"{self.name}: attention=flash cannot run on CUDA, its window attention adds a relative-position "
                 "bias (attn_mask) that flash kernels do not take; use attention: efficient or auto."

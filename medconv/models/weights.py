@@ -34,6 +34,7 @@ class WeightReport:
     mismatched: list[str] = field(default_factory=list)  # "key: file shape -> model shape"
     resized: list[str] = field(default_factory=list)
     classifier_dropped: list[str] = field(default_factory=list)
+    outside_prefix: list[str] = field(default_factory=list)  # e.g. a task's head in a Lightning checkpoint
     prefix: str = ""
 
     @property
@@ -48,6 +49,8 @@ class WeightReport:
         parts = [f"{self.path}: loaded {len(self.loaded)} tensors"]
         if self.prefix:
             parts.append(f"stripped prefix {self.prefix!r}")
+        if self.outside_prefix:
+            parts.append(f"ignored {len(self.outside_prefix)} keys outside it [{names(self.outside_prefix)}]")
         if self.resized:
             parts.append(f"resized {len(self.resized)} [{names(self.resized)}]")
         if self.classifier_dropped:
@@ -122,6 +125,7 @@ def load_local_weights(model: nn.Module, path: str | Path, strict: bool = False)
     report = WeightReport(path=str(path))
     report.prefix = _best_prefix(list(state), set(target))
     if report.prefix:
+        report.outside_prefix = [k for k in state if not k.startswith(report.prefix)]
         state = {k[len(report.prefix):]: v for k, v in state.items() if k.startswith(report.prefix)}
 
     filter_fn = _timm_filter(model)

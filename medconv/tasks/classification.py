@@ -117,9 +117,10 @@ class ClassificationModule(L.LightningModule):
                 metrics |= {f"{group}/{k}": v for k, v in classification_metrics(g_probs, g_labels).items()}
         if not self.trainer.sanity_checking:
             loggable = {f"{prefix}/{k}": v for k, v in metrics.items() if k.split("/")[-1] != "n" and not math.isnan(v)}
-            self.log_dict(loggable, prog_bar=False, sync_dist=False, rank_zero_only=False)
-            if f"{prefix}/auroc" in loggable:
-                self.log(f"{prefix}/auroc", loggable[f"{prefix}/auroc"], prog_bar=True)
+            headline = f"{prefix}/auroc"
+            self.log_dict({k: v for k, v in loggable.items() if k != headline}, sync_dist=False)
+            if headline in loggable:
+                self.log(headline, loggable[headline], prog_bar=True, sync_dist=False)
         return rows, metrics
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:

@@ -21,6 +21,8 @@ from medconv.tiling.geometry import grid_in_mask, plan_tiles
 from medconv.tiling.images import qc_overlay, write_mask_png, write_png
 from medconv.tiling.tissue import tissue_mask
 
+#: enclosed glass up to this area (mm^2) is filled into the tissue mask
+MAX_HOLE_MM2 = 0.01
 #: parameters that, when changed, make an existing coords store stale
 PARAM_KEYS = ("tile_size", "target_mpp", "overlap", "min_tissue")
 
@@ -40,8 +42,9 @@ def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
     return {"h5": out_dir / f"{name}.h5", "mask": out_dir / f"{name}_mask.png", "qc": out_dir / f"{name}_qc.png"}
 
 
-def finished(out_dir: Path, name: str, options: TileOptions) -> dict[str, Any] | None:
-    """Attributes of a complete store made with the same parameters, else None (redo the slide)."""
+def finished(out_dir: Path, name: str, options: TileOptions, path: Path | None = None) -> dict[str, Any] | None:
+    """Attributes of a complete store made with the same parameters (from the same, unchanged slide file
+    `path` when given), else None (redo the slide)."""
     paths = output_paths(out_dir, name)
     if not all(p.exists() for p in paths.values()) or not coords_store.is_complete(paths["h5"]):
         return None
@@ -55,19 +58,34 @@ def finished(out_dir: Path, name: str, options: TileOptions) -> dict[str, Any] |
             return None
     if options.slide_mpp is not None and not np.isclose(float(attrs.get("slide_mpp", -1)), options.slide_mpp):
         return None
+    if path is not None and "source_size" in attrs:
+        size, mtime_ns = source_fingerprint(path)
+        if int(attrs["source_size"]) != size or int(attrs.get("source_mtime_ns", -1)) != mtime_ns:
+            return None
     return attrs
+
+
+def source_fingerprint(path: Path) -> tuple[int, int]:
+    """Size and modification time of the slide file: a slide rewritten in place (a regenerated demo slide,
+    a re-exported scan) must be re-tiled, not matched with coords from its old pixels."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return -1, -1
+    return int(st.st_size), int(st.st_mtime_ns)
 
 
 def tile_slide(path: Path, out_dir: Path, name: str, options: TileOptions) -> dict[str, Any]:
     """Tile one slide (or skip it when done); returns its summary row. Raises on any failure."""
     start = time.perf_counter()
     row: dict[str, Any] = {"slide": name, "path": str(path)}
-    if not options.overwrite and (attrs := finished(out_dir, name, options)) is not None:
+    if not options.overwrite and (attrs := finished(out_dir, name, options, path)) is not None:
         return row | {"status": "skipped", "n_tiles": attrs.get("n_tiles"), "tissue_mm2": attrs.get("tissue_mm2"),
                       "mpp": attrs.get("slide_mpp"), "seconds": round(time.perf_counter() - start, 3), "error": ""}
     from medconv.io.slide import open_slide
 
     _remove_stale_temps(out_dir, name)
+    source_size, source_mtime_ns = source_fingerprint(path)  # before reading, so a concurrent rewrite shows
     reader = open_slide(path, mpp=options.slide_mpp)
     try:
         if reader.mpp is None:
@@ -117,6 +135,8 @@ def tile_slide(path: Path, out_dir: Path, name: str, options: TileOptions) -> di
         "target_downsample": plan.target_downsample,
         "min_tissue": options.min_tissue,
         "source_path": str(Path(path).resolve()),
+        "source_size": source_size,
+        "source_mtime_ns": source_mtime_ns,
         "slide_width": int(width),
         "slide_height": int(height),
         "mask_path": paths["mask"].name,
@@ -148,7 +168,9 @@ def _tissue(reader: Any, mask_mpp: float) -> tuple[np.ndarray, np.ndarray, float
     mask = tissue_mask(
         thumb,
         min_object_px=max(4, round(20000 / mask_um**2)),  # 0.02 mm^2
-        max_hole_px=round(2e6 / mask_um**2),  # holes up to 2 mm^2 (lumens, fat) count as tissue
+        # holes up to 0.01 mm^2 (lumens, fat cells; ~110 um across) count as tissue; larger ones stay glass,
+        # as filling them only adds glass-only tiles (their rims are kept by min_tissue anyway)
+        max_hole_px=round(MAX_HOLE_MM2 * 1e6 / mask_um**2),
         smooth_px=max(1, round(8 / mask_um)),
     )
     return thumb, mask, float(mask_ds)

@@ -59,9 +59,15 @@ def tissue_mask(
         m = cv2.morphologyEx(m, cv2.MORPH_OPEN, kernel)
         mask = m.astype(bool)
     mask = _fill_holes(mask, max_hole_px)
-    mask &= ~pens | _fill_holes(mask & ~pens, None)  # ink over tissue stays tissue, ink on glass does not
+    # ink in a small gap of tissue stays tissue; ink on glass, also glass that tissue encloses, does not
+    mask &= ~pens | _fill_holes(mask & ~pens, max_hole_px)
     if min_object_px > 1 and mask.any():
-        mask = remove_small_objects(mask, max_size=min_object_px - 1) if _new_skimage() else remove_small_objects(mask, min_size=min_object_px)
+        # sized with the ink joined in, so tissue that a stroke cuts off is not mistaken for dust
+        joined = mask | pens
+        if _new_skimage():
+            mask &= remove_small_objects(joined, max_size=min_object_px - 1)
+        else:
+            mask &= remove_small_objects(joined, min_size=min_object_px)
     return mask
 
 

@@ -5,8 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from medconv.bench import gresnet_fuse
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The benchmark may set torch's thread count (--threads); keep the session's setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_bench_writes_json(tmp_path, capsys):

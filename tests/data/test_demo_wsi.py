@@ -78,3 +78,16 @@ def test_cli_and_rerun_keeps_slides(tmp_path):
     assert main(["--out", str(out), "--n-slides", "2", "--width", "512", "--height", "384"]) == 0
     assert (out / "slides/demo_000.tif").stat().st_mtime_ns == stamp
     assert main(["--out", str(out), "--n-slides", "0"]) == 2
+
+
+def test_slides_from_an_older_generator_are_regenerated(tmp_path):
+    """Demo slides cached by an older medconv (e.g. written with the pre-fix colours) are not reused."""
+    import json
+
+    out = tmp_path / "old"
+    assert main(["--out", str(out), "--n-slides", "1", "--width", "512", "--height", "384"]) == 0
+    params = json.loads((out / "demo_wsi_params.json").read_text())
+    (out / "demo_wsi_params.json").write_text(json.dumps(params | {"version": params["version"] - 1}))
+    (out / "slides/demo_000.tif").write_bytes(b"stale")
+    assert main(["--out", str(out), "--n-slides", "1", "--width", "512", "--height", "384"]) == 0
+    assert (out / "slides/demo_000.tif").read_bytes()[:2] in (b"II", b"MM")

@@ -124,3 +124,20 @@ def test_missing_spacing_is_reported_per_file(manifest, tmp_path):
         dm.setup("fit")
     assert all(f"p{i}.png: no pixel spacing" in str(err.value) for i in range(4))
     assert "pixel_spacing_mm column" in str(err.value)
+
+
+def test_default_spacing_and_bad_boxes(manifest, tmp_path):
+    import pandas as pd
+
+    table = pd.read_csv(manifest)
+    table["pixel_spacing_mm"] = ""
+    table.to_csv(manifest, index=False)
+    dm = MammoPatchDataModule(manifest=str(manifest), image_size=(16, 16), num_workers=0, val_fraction=0.5,
+                              cache_dir=None, pixel_spacing_mm=0.1)  # for files that carry none, as these PNGs
+    dm.setup("fit")
+    assert dm.datasets["val"].labels.sum() >= 3
+    table.loc[1, "boxes"] = "[[1, 2, 3]]"
+    table.to_csv(manifest, index=False)
+    dm = MammoPatchDataModule(manifest=str(manifest), image_size=(16, 16), num_workers=0, cache_dir=None)
+    with pytest.raises(ManifestError, match=r"row 3: .*p1.png: boxes '\[\[1, 2, 3\]\]' are not a JSON list"):
+        dm.setup("fit")

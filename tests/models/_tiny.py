@@ -2,6 +2,7 @@
 
 FAMILIES: dict[str, tuple[str, dict]] = {
     "convnext": ("convnext_atto", {"depths": [1, 1, 1, 1], "dims": [16, 32, 48, 64]}),
+    "gresnet": ("gresnet_tiny", {}),  # medconv.models.gresnet, registered with timm on import
     "resnet": ("resnet50d", {"layers": [1, 1, 1, 1], "channels": [8, 16, 24, 32], "stem_width": 8}),
     "swin": ("swin_tiny_patch4_window7_224", {"depths": [1, 1, 2, 1], "embed_dim": 32, "num_heads": [1, 2, 2, 4]}),
     "swinv2": ("swinv2_tiny_window8_256", {"depths": [1, 1, 2, 1], "embed_dim": 32, "num_heads": [1, 2, 2, 4]}),

@@ -106,3 +106,20 @@ def test_gresnet_registers_with_timm_when_present():
     if importlib.util.find_spec("medconv.models.gresnet") is None:
         pytest.skip("medconv/models/gresnet.py not written yet")
     assert timm.is_model("gresnet50")
+
+
+BACKBONE_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "backbones").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", BACKBONE_CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("size", [(2048, 1024), (224, 224)], ids=["mammo", "tile"])
+def test_shipped_backbone_configs_take_full_resolution(config, size):
+    """The real models of configs/backbones at mammogram and tile size, shapes only (meta device: no memory)."""
+    import yaml
+
+    spec = yaml.safe_load(config.read_text())
+    assert spec["class_path"] == "medconv.models.TimmBackbone"
+    with torch.device("meta"):
+        backbone = TimmBackbone(**spec["init_args"], img_size=size, in_chans=1)
+        features = backbone(torch.empty(2, 1, *size))
+    assert features.shape == (2, backbone.num_features)

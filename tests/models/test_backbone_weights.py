@@ -76,6 +76,8 @@ def test_lightning_checkpoint_prefix_is_stripped(tmp_path):
     torch.save({"state_dict": state, "epoch": 3}, tmp_path / "last.ckpt")
     target = _backbone(SWIN, img_size=(64, 64), pretrained_path=str(tmp_path / "last.ckpt"))
     assert target.weight_report.prefix == "backbone.model."
+    assert target.weight_report.outside_prefix == ["head.weight"]
+    assert "ignored 1 keys outside it [head.weight]" in target.weight_report.summary()
     assert target.weight_report.ok and _same(target, source.model)
 
 

@@ -117,7 +117,7 @@ def test_slide_without_mpp_refused_unless_given(tmp_path):
     from medconv.data.demo_wsi import render_slide
     from medconv.io.tiff_writer import write_pyramid_tiff
 
-    rgb, _ = render_slide(np.random.default_rng(0), 512, 384, tumour=False, pen=False)
+    rgb = render_slide(np.random.default_rng(0), 512, 384, tumour=False, pen=False).rgb
     write_pyramid_tiff(tmp_path / "nompp.tif", rgb, None)
     out = tmp_path / "out"
     assert main([str(tmp_path / "nompp.tif"), "--out", str(out), *SMALL]) == 1
@@ -144,3 +144,17 @@ def test_overlap_shortens_the_stride(demo_slides, tmp_path):
     assert attrs["stride_level0"] == 64 and attrs["patch_size_level0"] == 128
     xs = np.unique(coords[:, 0])
     assert np.diff(xs).tolist() == [64] * (len(xs) - 1) and xs.max() + 128 <= 1024
+
+
+def test_rewritten_slide_is_retiled(demo_slides, tmp_path):
+    """A slide file replaced in place (e.g. demo slides regenerated after a writer fix) is not matched with old coords."""
+    slide = tmp_path / "slide.tif"
+    shutil.copy(demo_slides / "slides" / "demo_000.tif", slide)
+    out = tmp_path / "out"
+    assert main([str(slide), "--out", str(out), *SMALL]) == 0
+    assert main([str(slide), "--out", str(out), *SMALL]) == 0
+    assert _summary(out)["slide"]["status"] == "skipped"
+    shutil.copy(demo_slides / "slides" / "demo_001.tif", slide)
+    assert main([str(slide), "--out", str(out), *SMALL]) == 0
+    assert _summary(out)["slide"]["status"] == "ok"
+    assert read_coords(out / "slide.h5")[1]["source_size"] == slide.stat().st_size
