@@ -33,8 +33,8 @@ def plot_roc(predictions_csv: Path, out_png: Path, groups: dict[str, list[str]] 
     for name, t in curves.items():
         if t["label_index"].nunique() < 2:
             continue
-        scores = torch.as_tensor(t["prob_1"].to_numpy(), dtype=torch.float)
-        target = torch.as_tensor(t["label_index"].to_numpy(), dtype=torch.long)
+        scores = torch.tensor(t["prob_1"].to_numpy(dtype="float32", copy=True))
+        target = torch.tensor(t["label_index"].to_numpy(dtype="int64", copy=True))
         fpr, tpr, _ = binary_roc(scores, target)
         auroc = float(binary_auroc(scores, target))
         ax.plot(fpr.numpy(), tpr.numpy(), label=f"{name} (AUROC {auroc:.3f}, n={len(t)})")

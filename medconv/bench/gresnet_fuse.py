@@ -14,13 +14,14 @@ import copy
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import timm
 import torch
+
+from medconv.bench.machine import cpu_model
 from torch import nn
 
 import medconv.models.gresnet  # noqa: F401  (registers the gresnet* models with timm)
@@ -79,15 +80,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
@@ -134,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
         "channels_last": args.channels_last,
         "iters": args.iters,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,

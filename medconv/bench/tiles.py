@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medconv.bench.machine import cpu_model
 from medconv.errors import InputFileError
 
 Positions = list[tuple[int, int]]  # level coordinates of region top-left corners
@@ -186,15 +186,6 @@ def max_abs_diff(path: Path, level: int, positions: Positions, tile: int, limit:
             worst = max(worst, int(np.abs(a - ref.read_region(loc, level, (tile, tile))).max()))
     return worst
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run(path: Path, level: int, tile: int, max_reads: int, min_seconds: float, workers: int) -> dict:

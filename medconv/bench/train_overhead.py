@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
+
+from medconv.bench.machine import cpu_model
 from torch.utils.data import DataLoader, Dataset
 
 from medconv import keys
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {r + 1}: bare {bare[-1]:.2f} img/s, medconv {ours[-1]:.2f} img/s", flush=True)
     result = {
         "model": args.model, "image_size": list(size), "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name(), "precision": args.precision,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_model()} ({torch.get_num_threads()} threads)", "precision": args.precision,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "bare_images_per_s": max(bare), "medconv_images_per_s": max(ours), "ratio": max(ours) / max(bare),
     }
@@ -150,12 +151,3 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(result, indent=2))
     return 0
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"

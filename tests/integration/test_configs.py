@@ -25,7 +25,10 @@ def _all_yaml() -> list[str]:
 
 def _is_experiment(rel: str) -> bool:
     content = yaml.safe_load((CONFIGS / rel).read_text()) or {}
-    return isinstance(content, dict) and {"trainer", "data", "model"} <= set(content)
+    if not (isinstance(content, dict) and {"trainer", "data", "model"} <= set(content)):
+        return False
+    model = content["model"]
+    return isinstance(model, str) or (isinstance(model, dict) and "class_path" in model)
 
 
 def _print_config(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
