@@ -13,6 +13,15 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 
 
+def run_dir(trainer: L.Trainer) -> Path:
+    """The run directory, read from the first logger: `trainer.log_dir` is a collective under DDP and
+    would hang when called on rank 0 alone."""
+    for logger in trainer.loggers:
+        if getattr(logger, "log_dir", None):
+            return Path(logger.log_dir)
+    return Path(trainer.default_root_dir)
+
+
 def plot_roc(predictions_csv: Path, out_png: Path, groups: dict[str, list[str]] | None = None) -> Path | None:
     """ROC curves of a predictions CSV (binary tasks): per image and per group, with AUROC in the legend."""
     import matplotlib
@@ -57,7 +66,7 @@ class RunSummary(L.Callback):
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        log_dir = run_dir(trainer)
         history = getattr(pl_module, "val_history", [])
         best = max(history, key=lambda h: _score(h.get(self.monitor))) if history else {}
         plots = []
@@ -113,7 +122,7 @@ class PredictionCSVWriter(BasePredictionWriter):
         rows = {k: np.concatenate(v) for k, v in rows.items()}
         if "label" in rows:
             rows["labels"] = rows.pop("label")
-        out_dir = Path(self.output_dir or trainer.log_dir or ".")
+        out_dir = Path(self.output_dir) if self.output_dir else run_dir(trainer)
         name = "predictions.csv" if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv"
         write_predictions(rows, out_dir / name)
         print(f"medconv: predictions written to {out_dir / name}")

@@ -7,12 +7,15 @@ and TensorBoard loggers, holding config.yaml, metrics.csv, checkpoints/, predict
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningCLI
+
+from medconv.errors import MedconvError
 
 RUNS_DIR = "runs"
 
@@ -35,11 +38,21 @@ def latest_resumable(root: Path) -> Path | None:
     return candidates[-1].parent.parent if candidates else None
 
 
+def _num_classes(data) -> int:  # noqa: ANN001
+    """Reading the classes may read the manifest; its errors end the run cleanly (jsonargparse would
+    otherwise print a traceback from inside the link)."""
+    try:
+        return data.num_classes
+    except MedconvError as err:
+        print(f"medconv: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
 class MedconvCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.init_args.image_size", "model.init_args.backbone.init_args.img_size", apply_on="parse")
         parser.link_arguments("data.init_args.in_chans", "model.init_args.backbone.init_args.in_chans", apply_on="parse")
-        parser.link_arguments("data", "model.init_args.num_classes", compute_fn=lambda data: data.num_classes, apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.num_classes", compute_fn=_num_classes, apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.eval_groups", compute_fn=lambda data: data.eval_groups, apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
@@ -62,12 +75,38 @@ class MedconvCLI(LightningCLI):
             if resume_dir is not None:
                 version = resume_dir.name
                 cfg.ckpt_path = str(resume_dir / "checkpoints" / "last.ckpt")
+                self._keep_metrics = _set_aside(resume_dir / "metrics.csv")
             else:
                 version = f"version_{next_version(root)}"
         for lg in loggers:
             lg.init_args.save_dir = str(save_dir)
             lg.init_args.name = name
             lg.init_args.version = version
+
+
+    def after_fit(self) -> None:
+        """A resumed run's metrics.csv holds the epochs since the resume: prepend the earlier ones."""
+        kept = getattr(self, "_keep_metrics", None)
+        if kept is None or not kept.is_file() or not self.trainer.is_global_zero:
+            return
+        import pandas as pd
+
+        current = kept.with_name("metrics.csv")
+        merged = pd.concat([pd.read_csv(kept), pd.read_csv(current)], ignore_index=True) if current.is_file() else pd.read_csv(kept)
+        tmp = current.with_name(".metrics.merged.csv")
+        merged.to_csv(tmp, index=False)
+        tmp.replace(current)
+        kept.unlink()
+
+
+def _set_aside(metrics: Path) -> Path | None:
+    """Lightning's CSV writer deletes metrics.csv in an existing run directory; a resume keeps its history
+    (merged back by `after_fit`; left as metrics.before_resume.csv if the resumed run dies)."""
+    if not metrics.is_file() or os.environ.get("LOCAL_RANK") not in (None, "0"):
+        return None
+    kept = metrics.with_name("metrics.before_resume.csv")
+    metrics.replace(kept)
+    return kept
 
 
 def run_lightning(argv: list[str]) -> MedconvCLI:

@@ -47,6 +47,7 @@ class MammoDataModule(ClassificationDataModule):
         demo_patients: int = 120,
         demo_seed: int = 0,
         demo_image_size: tuple[int, int] = (1024, 800),
+        demo_lesion_contrast: tuple[float, float] = (0.15, 0.4),
     ):
         super().__init__(
             manifest, classes, image_size, in_chans, batch_size, num_workers, val_fraction, test_fraction,
@@ -58,6 +59,7 @@ class MammoDataModule(ClassificationDataModule):
         self.demo_patients = demo_patients
         self.demo_seed = demo_seed
         self.demo_image_size = tuple(demo_image_size)
+        self.demo_lesion_contrast = tuple(demo_lesion_contrast)
 
     @property
     def eval_groups(self) -> dict[str, list[str]]:
@@ -76,7 +78,7 @@ class MammoDataModule(ClassificationDataModule):
         spacing = 0.2 * 1024 / self.demo_image_size[0]
         return generate_demo_mammo(
             Path(self.demo_dir), n_patients=self.demo_patients, seed=self.demo_seed,
-            image_size=self.demo_image_size, pixel_spacing_mm=spacing,
+            image_size=self.demo_image_size, pixel_spacing_mm=spacing, lesion_contrast=self.demo_lesion_contrast,
         )
 
     def load_table(self) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from medconv import keys
+from medconv.callbacks import run_dir
 from medconv.tasks.losses import make_loss
 from medconv.tasks.metrics import aggregate_groups, classification_metrics
 
@@ -90,19 +91,20 @@ class ClassificationModule(L.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def on_validation_epoch_end(self) -> None:
+
         rows, metrics = self._epoch_metrics("val")
         if self.trainer.sanity_checking:
             return
         metrics["epoch"] = float(self.current_epoch)
         improved = not self.val_history or _better(metrics.get("auroc"), max(h.get("auroc", -1) for h in self.val_history))
         self.val_history.append(metrics)
-        if improved and self.trainer.is_global_zero and self.trainer.log_dir:
-            write_predictions(rows, Path(self.trainer.log_dir) / "val_predictions_best.csv")
+        if improved and self.trainer.is_global_zero:
+            write_predictions(rows, run_dir(self.trainer) / "val_predictions_best.csv")
 
     def on_test_epoch_end(self) -> None:
         rows, _ = self._epoch_metrics("test")
-        if self.trainer.is_global_zero and self.trainer.log_dir:
-            write_predictions(rows, Path(self.trainer.log_dir) / "test_predictions.csv")
+        if self.trainer.is_global_zero:
+            write_predictions(rows, run_dir(self.trainer) / "test_predictions.csv")
 
     def _epoch_metrics(self, prefix: str) -> tuple[dict[str, np.ndarray | list], dict[str, float]]:
         rows = _dedupe(_gather(_concat(self._outputs)))

@@ -10,10 +10,10 @@ import yaml
 from medconv.lightning_cli import run_lightning
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-# Override files and the experiment each one applies to.
+# Override files and the experiment (plus overrides) each one applies to.
 OVERRIDES = {
     "quickstart_cpu.yaml": "mammo_convnext.yaml",
-    "tests/tiny_mammo.yaml": "mammo_convnext.yaml",
+    "tests/tiny_mammo.yaml": ["mammo_convnext.yaml", "quickstart_cpu.yaml"],
     "tests/tiny_wsi.yaml": "wsi_convnext.yaml",
 }
 PIECE_DIRS = ("base", "backbones")
@@ -52,5 +52,7 @@ def test_config_parses(rel: str, capsys: pytest.CaptureFixture[str]) -> None:
         config = _print_config(["--config", str(CONFIGS / rel)], capsys)
     else:
         assert rel in OVERRIDES, f"configs/{rel} is neither an experiment nor a known override: add it to OVERRIDES"
-        config = _print_config(["--config", str(CONFIGS / OVERRIDES[rel]), "--config", str(CONFIGS / rel)], capsys)
+        bases = OVERRIDES[rel] if isinstance(OVERRIDES[rel], list) else [OVERRIDES[rel]]
+        stack = [arg for base in bases for arg in ("--config", str(CONFIGS / base))]
+        config = _print_config([*stack, "--config", str(CONFIGS / rel)], capsys)
     assert config["model"]["class_path"] and config["data"]["class_path"]

@@ -15,6 +15,7 @@ from medconv.lightning_cli import run_lightning
 
 REPO = Path(__file__).resolve().parents[2]
 MAIN = str(REPO / "configs" / "mammo_convnext.yaml")
+QUICK = str(REPO / "configs" / "quickstart_cpu.yaml")
 TINY = str(REPO / "configs" / "tests" / "tiny_mammo.yaml")
 pytestmark = pytest.mark.integration
 
@@ -27,7 +28,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _args(data_dir: Path, root: Path, *extra: str) -> list[str]:
     return [
-        "--config", MAIN, "--config", TINY,
+        "--config", MAIN, "--config", QUICK, "--config", TINY,
         "--trainer.default_root_dir", str(root),
         "--data.init_args.demo_dir", str(data_dir / "demo"),
         "--data.init_args.cache_dir", str(data_dir / "cache"),
@@ -50,7 +51,7 @@ def test_fit_learns_and_writes_outputs(data_dir: Path, tmp_path: Path, capsys: p
     assert "medconv fit finished" in printed and summary["best_checkpoint"] in printed
     assert {"auroc", "auprc", "bal_acc", "sens_at_90spec", "breast/auroc", "exam/auroc"} <= set(summary["best_val"])
     metrics = pd.read_csv(run / "metrics.csv")
-    assert metrics["val/auroc"].notna().sum() == 6
+    assert metrics["val/auroc"].notna().sum() == metrics["epoch"].max() + 1 > 1
 
     # Held-out test split, never seen in training or model selection.
     run_lightning(["test", *_args(data_dir, tmp_path), "--ckpt_path", summary["best_checkpoint"]])
@@ -123,7 +124,7 @@ def test_bad_manifest_reports_every_problem(tmp_path: Path) -> None:
         "good.png,malignant,p5\n"
     )
     result = _medconv(
-        "fit", "--config", MAIN, "--config", TINY, "--data.init_args.manifest", str(tmp_path / "manifest.csv"),
+        "fit", "--config", MAIN, "--config", QUICK, "--config", TINY, "--data.init_args.manifest", str(tmp_path / "manifest.csv"),
         "--data.init_args.classes", "[negative, positive]", "--data.init_args.cache_dir", str(tmp_path / "cache"), cwd=tmp_path,
     )
     assert result.returncode == 2, result.stderr[-2000:]
@@ -132,6 +133,6 @@ def test_bad_manifest_reports_every_problem(tmp_path: Path) -> None:
     assert "4 problem(s)" in err
     assert "missing.png" in err and "'malignant'" in err and "corrupt.dcm" in err and "black.png" in err
     run_again = _medconv(
-        "fit", "--config", MAIN, "--config", TINY, "--data.init_args.manifest", str(tmp_path / "manifest2.csv"), cwd=tmp_path,
+        "fit", "--config", MAIN, "--config", QUICK, "--config", TINY, "--data.init_args.manifest", str(tmp_path / "manifest2.csv"), cwd=tmp_path,
     )
-    assert run_again.returncode == 2 and "manifest not found" in run_again.stderr
+    assert run_again.returncode == 2 and "manifest not found" in run_again.stderr and "Traceback" not in run_again.stderr
