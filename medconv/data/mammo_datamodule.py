@@ -29,18 +29,11 @@ class MammoDataModule(ClassificationDataModule):
 
     def __init__(
         self,
-        manifest: str | None = None,
-        classes: list[str] | None = None,
         image_size: tuple[int, int] = (2048, 1024),
         in_chans: int = 1,
         batch_size: int = 8,
         num_workers: int = 2,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.0,
-        label_fraction: float = 1.0,
-        seed: int = 0,
         balanced_sampling: bool = False,
-        predict_split: str = "test",
         augment: MammoAugment | None = None,
         cache_dir: str | None = "medconv_data/cache",
         demo_dir: str = "medconv_data/demo_mammo",
@@ -48,10 +41,11 @@ class MammoDataModule(ClassificationDataModule):
         demo_seed: int = 0,
         demo_image_size: tuple[int, int] = (1024, 800),
         demo_lesion_contrast: tuple[float, float] = (0.15, 0.4),
+        **kwargs,  # the base's: manifest, classes, val/test/label fractions, seed, predict_split
     ):
         super().__init__(
-            manifest, classes, image_size, in_chans, batch_size, num_workers, val_fraction, test_fraction,
-            label_fraction, seed, balanced_sampling, predict_split,
+            image_size=image_size, in_chans=in_chans, batch_size=batch_size, num_workers=num_workers,
+            balanced_sampling=balanced_sampling, **kwargs,
         )
         self.augment = augment if augment is not None else MammoAugment()
         self.cache_dir = cache_dir

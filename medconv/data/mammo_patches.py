@@ -294,18 +294,11 @@ class MammoPatchDataModule(ClassificationDataModule):
 
     def __init__(
         self,
-        manifest: str | None = None,
-        classes: list[str] | None = None,
         image_size: tuple[int, int] = (224, 224),
         in_chans: int = 1,
         batch_size: int = 64,
         num_workers: int = 2,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.0,
-        label_fraction: float = 1.0,
-        seed: int = 0,
         balanced_sampling: bool = True,
-        predict_split: str = "test",
         spacing_mm: float = 0.2,
         pixel_spacing_mm: float | None = None,
         overlap: float = 0.0,
@@ -322,10 +315,11 @@ class MammoPatchDataModule(ClassificationDataModule):
         demo_dir: str = "medconv_data/demo_mammo",
         demo_patients: int = 120,
         demo_seed: int = 0,
+        **kwargs,  # the base's: manifest, classes, val/test/label fractions, seed, predict_split
     ):
         super().__init__(
-            manifest, classes, image_size, in_chans, batch_size, num_workers, val_fraction, test_fraction,
-            label_fraction, seed, balanced_sampling, predict_split,
+            image_size=image_size, in_chans=in_chans, batch_size=batch_size, num_workers=num_workers,
+            balanced_sampling=balanced_sampling, **kwargs,
         )
         if self.image_size[0] != self.image_size[1]:
             raise ConfigError(f"patches are square: image_size must be [S, S], not {list(self.image_size)}")

@@ -37,18 +37,11 @@ class WSITileDataModule(ClassificationDataModule):
 
     def __init__(
         self,
-        manifest: str | None = None,
-        classes: list[str] | None = None,
         image_size: tuple[int, int] = (224, 224),
         in_chans: int = 3,
         batch_size: int = 64,
         num_workers: int = 4,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.0,
-        label_fraction: float = 1.0,
-        seed: int = 0,
         balanced_sampling: bool = False,
-        predict_split: str = "test",
         coords_dir: str | None = None,
         tile_labels: str = "auto",
         positive_class: str = "tumor",
@@ -67,10 +60,11 @@ class WSITileDataModule(ClassificationDataModule):
         demo_slides: int = 6,
         demo_seed: int = 0,
         demo_slide_size: tuple[int, int] = (4096, 3072),
+        **kwargs,  # the base's: manifest, classes, val/test/label fractions, seed, predict_split
     ):
         super().__init__(
-            manifest, classes, image_size, in_chans, batch_size, num_workers, val_fraction, test_fraction,
-            label_fraction, seed, balanced_sampling, predict_split,
+            image_size=image_size, in_chans=in_chans, batch_size=batch_size, num_workers=num_workers,
+            balanced_sampling=balanced_sampling, **kwargs,
         )
         if tile_labels not in ("auto", "slide"):
             raise ConfigError(f"tile_labels must be 'auto' or 'slide', not {tile_labels!r}")
