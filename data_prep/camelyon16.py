@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_prep._common import relpath, write_manifest
+from medconv.data_prep._common import relpath, write_manifest
 from medconv.errors import InputFileError, MedconvError
 
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs")

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from data_prep._common import (
+from medconv.data_prep._common import (
     MANIFEST_COLUMNS,
     mask_box,
     missing_files_error,

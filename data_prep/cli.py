@@ -5,9 +5,9 @@ from __future__ import annotations
 from medconv.cli import dispatch
 
 ADAPTERS = {
-    "cbis-ddsm": ("data_prep.cbis_ddsm", "CBIS-DDSM description CSVs + DICOM tree -> mammogram manifest."),
-    "vindr-mammo": ("data_prep.vindr_mammo", "VinDr-Mammo breast/finding annotation CSVs -> mammogram manifest."),
-    "camelyon16": ("data_prep.camelyon16", "CAMELYON16 slides + XML annotations -> slide manifest."),
+    "cbis-ddsm": ("medconv.data_prep.cbis_ddsm", "CBIS-DDSM description CSVs + DICOM tree -> mammogram manifest."),
+    "vindr-mammo": ("medconv.data_prep.vindr_mammo", "VinDr-Mammo breast/finding annotation CSVs -> mammogram manifest."),
+    "camelyon16": ("medconv.data_prep.camelyon16", "CAMELYON16 slides + XML annotations -> slide manifest."),
 }
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_prep._common import MANIFEST_COLUMNS, missing_files_error, read_csv, relpath, write_manifest
+from medconv.data_prep._common import MANIFEST_COLUMNS, missing_files_error, read_csv, relpath, write_manifest
 from medconv.errors import InputFileError
 
 BREAST_CSV = "breast-level_annotations.csv"

@@ -20,11 +20,11 @@ LIGHTNING_COMMANDS = {
 }
 
 TOOLS = {
-    "demo-data": ("medconv.data.demo_cli", "Write synthetic demo data: `mammo` or `wsi`."),
+    "demo-data": ("medconv.demo.cli", "Write synthetic demo data: `mammo` or `wsi`."),
     "tile": ("medconv.tiling.cli", "Tile slides: tissue mask, grid at target mpp, HDF5 coords, QC images."),
-    "bench": ("medconv.bench.cli", "Benchmarks: `train-overhead`, `tiles`, `models`, `gresnet-fuse`."),
-    "export-tiles": ("medconv.data.export_tiles", "Write the tiles of coords stores as image files for other tools."),
-    "prepare": ("data_prep.cli", "Build manifests from public dataset layouts (CBIS-DDSM, VinDr-Mammo, CAMELYON16)."),
+    "bench": ("medconv.bench.cli", "Benchmarks: `train-overhead`, `tiles`, `models`, `gresnet-fuse`, `gpu` (all GPU goals)."),
+    "export-tiles": ("medconv.wsi.export_tiles", "Write the tiles of coords stores as image files for other tools."),
+    "prepare": ("medconv.data_prep.cli", "Build manifests from public dataset layouts (CBIS-DDSM, VinDr-Mammo, CAMELYON16)."),
 }
 
 

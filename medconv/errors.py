@@ -15,3 +15,7 @@ class ManifestError(MedconvError):
 
 class ConfigError(MedconvError):
     """A config value is inconsistent with the data or the model."""
+
+
+class CheckpointError(MedconvError):
+    """A checkpoint is missing, cannot be resolved inside a run, or holds more than weights."""

@@ -8,14 +8,18 @@ and TensorBoard loggers, holding config.yaml, metrics.csv, checkpoints/, predict
 from __future__ import annotations
 
 import os
-import re
+import pickle
 import sys
 from pathlib import Path
 
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
-from medconv.errors import MedconvError
+from medconv.errors import CheckpointError, MedconvError
+from medconv.run_dirs import eval_dir, is_external, latest_resumable, next_version, resolve_checkpoint, run_of
+
+EVAL_COMMANDS = ("validate", "test", "predict")
 
 RUNS_DIR = "runs"
 
@@ -25,17 +29,6 @@ def default_precision() -> str:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "16-mixed" if torch.cuda.is_available() else "32-true"
-
-
-def next_version(root: Path) -> int:
-    found = [int(m.group(1)) for p in root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
-    return max(found, default=-1) + 1
-
-
-def latest_resumable(root: Path) -> Path | None:
-    """The newest run directory under `root` that has checkpoints/last.ckpt."""
-    candidates = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: int(p.parts[-3].split("_")[1]))
-    return candidates[-1].parent.parent if candidates else None
 
 
 def _num_classes(data) -> int:  # noqa: ANN001
@@ -60,29 +53,41 @@ class MedconvCLI(LightningCLI):
         trainer = cfg.trainer
         if trainer.precision is None:
             trainer.precision = default_precision()
+        _ensure_outputs_callback(trainer)
+        configs = [str(c) for c in (cfg.get("config") or [])]
+        if self.subcommand in EVAL_COMMANDS:
+            run = run_of(cfg.get("ckpt_path"), configs)
+            cfg.ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), run)
+            if cfg.ckpt_path is None:
+                raise CheckpointError(f"medconv {self.subcommand} needs weights to evaluate: pass --ckpt_path best|last "
+                                      "(with --config <run>/config.yaml) or --ckpt_path FILE.ckpt")
+            if run is not None and is_external(cfg.data, run):
+                # Another manifest than the run's: evaluate all of it (its own split column still applies).
+                cfg.data.init_args.test_fraction = 0.0
         loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
         loggers = [lg for lg in loggers if lg is not None and hasattr(lg, "init_args")]
         if not loggers:
             return
         save_dir = Path(trainer.default_root_dir or loggers[0].init_args.get("save_dir") or RUNS_DIR)
-        configs = cfg.get("config") or []
         name = loggers[0].init_args.get("name")
-        name = name if name not in (None, "", "lightning_logs") else (Path(str(configs[0])).stem if configs else "medconv")
+        # Several --config files: the last is the most specific override and names what the run is.
+        name = name if name not in (None, "", "lightning_logs") else (Path(configs[-1]).stem if configs else "medconv")
         root = save_dir / name
         version = loggers[0].init_args.get("version")
-        if version is None:
-            resume_dir = latest_resumable(root) if self.subcommand == "fit" and cfg.get("ckpt_path") == "last" else None
-            if resume_dir is not None:
-                version = resume_dir.name
-                cfg.ckpt_path = str(resume_dir / "checkpoints" / "last.ckpt")
-                self._keep_metrics = _set_aside(resume_dir / "metrics.csv")
-            else:
-                version = f"version_{next_version(root)}"
+        if self.subcommand in EVAL_COMMANDS:
+            save_dir, version = eval_dir(run if run is not None else root, self.subcommand)
+            name = ""
+        elif cfg.get("ckpt_path") == "last" and (resume_dir := _resumable(root, version)) is not None:
+            version = resume_dir.name
+            cfg.ckpt_path = str(resume_dir / "checkpoints" / "last.ckpt")
+            self._keep_metrics = _set_aside(resume_dir / "metrics.csv")
+        elif version is None or _occupied(root / str(version), cfg.get("ckpt_path")):
+            # A saved run config names its version: fitting from it again starts a new run beside it.
+            version = f"version_{next_version(root)}"
         for lg in loggers:
             lg.init_args.save_dir = str(save_dir)
             lg.init_args.name = name
             lg.init_args.version = version
-
 
     def after_fit(self) -> None:
         """A resumed run's metrics.csv holds the epochs since the resume: prepend the earlier ones."""
@@ -109,14 +114,54 @@ def _set_aside(metrics: Path) -> Path | None:
     return kept
 
 
+def _resumable(root: Path, version: str | None) -> Path | None:
+    """The named run if it has last.ckpt (resuming from its saved config), else the newest such run under root.
+    None: `--ckpt_path last` then starts from scratch, so one command serves a job's first start and its restarts."""
+    if version is not None and (root / str(version) / "checkpoints" / "last.ckpt").is_file():
+        return root / str(version)
+    return latest_resumable(root)
+
+
+def _occupied(run: Path, ckpt_path: str | None) -> bool:
+    """A run directory that holds files and is not the one being resumed."""
+    resuming = ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(run.resolve())
+    return run.is_dir() and any(run.iterdir()) and not resuming
+
+
+def _ensure_outputs_callback(trainer) -> None:  # noqa: ANN001
+    """Evaluation reports are part of every run, also when a config lists its own callbacks."""
+    callbacks = trainer.get("callbacks") or []
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    names = {getattr(c, "class_path", "").rsplit(".", 1)[-1] for c in callbacks}
+    if not names & {"RunOutputs", "RunSummary"}:
+        callbacks.append(Namespace(class_path="medconv.callbacks.RunOutputs", init_args=Namespace()))
+    trainer.callbacks = callbacks
+
+
 def run_lightning(argv: list[str]) -> MedconvCLI:
     import medconv.models  # noqa: F401  (registers GResNet with timm)
 
-    return MedconvCLI(
-        args=None if argv == sys.argv[1:] else argv,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    try:
+        return MedconvCLI(
+            args=None if argv == sys.argv[1:] else argv,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{_arg(argv, '--ckpt_path') or 'the checkpoint'}: holds Python objects other than weights (pickled code "
+            "can run when loaded), so medconv does not load it. Use a checkpoint written by medconv/Lightning, or "
+            "re-save only its tensors."
+        ) from err
+
+
+def _arg(argv: list[str], flag: str) -> str | None:
+    for i, value in enumerate(argv):
+        if value == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if value.startswith(flag + "="):
+            return value.split("=", 1)[1]
+    return None

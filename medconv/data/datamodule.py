@@ -6,6 +6,9 @@ base decides everything that must be the same across modalities, so ablations co
 
 from __future__ import annotations
 
+import hashlib
+import warnings
+
 import lightning as L
 import pandas as pd
 from torch.utils.data import DataLoader, Dataset
@@ -95,10 +98,18 @@ class ClassificationDataModule(L.LightningDataModule):
             raise ConfigError(f"labels {unknown} in {self.manifest or 'the data'} are not among classes {self.classes}")
         table["label_index"] = table["label_index"].astype(int)
         given = table["split"] if "split" in table.columns else pd.Series([""] * len(table), index=table.index)
-        if (given == "").all():
-            table["split"] = assign_splits(
-                table["patient_id"].tolist(), table["label_index"].tolist(), self.val_fraction, self.test_fraction, self.seed
-            )
+        if (given == "").all() and stage in ("test", "predict") and self.test_fraction == 0:
+            table["split"] = "test"  # an external set (no split column): every row is evaluated
+        elif (given == "").all():
+            try:
+                table["split"] = assign_splits(
+                    table["patient_id"].tolist(), table["label_index"].tolist(), self.val_fraction, self.test_fraction, self.seed
+                )
+            except ValueError as err:
+                raise ConfigError(
+                    f"{self.manifest or 'the data'}: {err}. To evaluate on a whole external manifest, give it without a "
+                    "split column to `medconv test` and leave test_fraction at 0."
+                ) from err
         elif (given == "").any():
             raise ConfigError(f"{self.manifest}: the split column is filled for some rows only; fill it for all or none")
         train = table[table["split"] == "train"]
@@ -109,6 +120,32 @@ class ClassificationDataModule(L.LightningDataModule):
         for name in STAGES:
             if len(self.splits[name]):
                 self.datasets[name] = self.make_dataset(self.splits[name].reset_index(drop=True), name)
+
+    # --- which patients a checkpoint has seen -------------------------------------------------
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: hashes (not ids, checkpoints get shared) of the patients used to fit or select."""
+        seen = set(self.splits["train"]["patient_id"]) | set(self.splits["val"]["patient_id"]) if hasattr(self, "splits") else set()
+        return {"fit_patient_hashes": sorted(patient_hash(p) for p in seen)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Refuse to test a checkpoint on patients it was trained or selected on (predict only warns)."""
+        seen = set(state_dict.get("fit_patient_hashes", []))
+        fn = getattr(getattr(self.trainer, "state", None), "fn", None)
+        stage = {"test": "test", "predict": "predict"}.get(str(getattr(fn, "value", fn)))
+        if not seen or stage is None or not hasattr(self, "splits"):
+            return
+        patients = sorted(set(self.splits[stage]["patient_id"]))
+        overlap = [p for p in patients if patient_hash(p) in seen]
+        if not overlap:
+            return
+        message = (
+            f"{self.manifest or 'the data'}: {len(overlap)} of {len(patients)} {stage} patients (e.g. {', '.join(overlap[:3])}) "
+            "were in this checkpoint's training or validation split, so their metrics would not measure generalisation. "
+            "Give a manifest of other patients, or one whose split column marks the held-out test rows."
+        )
+        if stage == "test":
+            raise ConfigError(message)
+        warnings.warn(message, stacklevel=2)
 
     def _loader(self, stage: str) -> DataLoader:
         if stage not in self.datasets:
@@ -146,3 +183,7 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict")
+
+
+def patient_hash(patient_id: str) -> str:
+    return hashlib.sha256(f"medconv:{patient_id}".encode()).hexdigest()[:16]

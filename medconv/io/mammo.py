@@ -1,8 +1,11 @@
 """Mammogram reader: DICOM, 8/16-bit PNG and PGM into one float image with physical metadata.
 
 Every format comes out the same way so that preprocessing never needs to know where pixels came
-from: float32 in [0, 1], brighter = denser (the MONOCHROME2 sense), normalised by the bit depth the
-file declares (never by the image's own min/max, which would make intensities depend on content).
+from: float32 in [0, 1], brighter = denser (the MONOCHROME2 sense), normalised by the image's real bit
+depth (never by its own min/max, which would make intensities depend on content). DICOM declares it
+(BitsStored), PGM too (maxval). A 16-bit PNG often holds 10-14-bit detector values unscaled, so dividing
+by 65535 would leave a 12-bit mammogram at most 0.06: its depth comes from the sBIT chunk when present,
+else from the smallest of 10/12/14/16 bits that holds its values (see `png_value_range`).
 """
 
 from __future__ import annotations
@@ -140,7 +143,7 @@ def _laterality(ds) -> str | None:
 
 def _read_png(path: Path) -> Mammogram:
     data = path.read_bytes()
-    _check_png_complete(path, data)
+    sbit = _png_significant_bits(path, data)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise InputFileError(f"PNG {path} cannot be decoded: it is corrupt; re-export it")
@@ -150,14 +153,33 @@ def _read_png(path: Path) -> Mammogram:
         if not (np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2])):
             raise InputFileError(f"PNG {path} is a colour image; a greyscale mammogram is expected")
         image = image[..., 0]
-    # PNG samples are scaled to the full range of the declared depth (the PNG spec), so that is the divisor.
-    bits = 16 if image.dtype == np.uint16 else 8
-    return Mammogram(_normalise(image, 0, 2**bits - 1), path, None, None, None, bits)
+    bits, white = png_value_range(image, 16 if image.dtype == np.uint16 else 8, sbit)
+    return Mammogram(_normalise(image, 0, white), path, None, None, None, bits)
 
 
-def _check_png_complete(path: Path, data: bytes) -> None:
-    """Walk the chunks: libpng may decode a truncated file into a partly black image without an error."""
-    pos = len(PNG_SIGNATURE)
+def png_value_range(image: np.ndarray, depth: int, sbit: int | None) -> tuple[int, float]:
+    """(significant bits, the stored value that means 1.0) of a PNG's samples.
+
+    With sBIT = s < depth: the PNG spec stores samples scaled to the full depth and s records the
+    original precision, but many DICOM-to-PNG converters store the raw values; values that fit in s bits
+    are taken as raw (white = 2**s - 1), larger ones as scaled (white = 2**depth - 1). Without sBIT an
+    8-bit image is 8-bit; a 16-bit one is taken to hold the smallest of 10/12/14/16 bits that its maximum
+    fits in. That inference can misjudge a mostly dark genuine 16-bit image (maximum under 2**14 = 25% of
+    the range) as 14-bit or less and brighten it; write sBIT = 16 into such files to pin the depth.
+    """
+    top = int(image.max()) if image.size else 0
+    if sbit is not None and sbit < depth:
+        return sbit, float(2**sbit - 1 if top < 2**sbit else 2**depth - 1)
+    if sbit is not None or depth == 8:
+        return depth, float(2**depth - 1)
+    bits = next(b for b in (10, 12, 14, 16) if top < 2**b)
+    return bits, float(2**bits - 1)
+
+
+def _png_significant_bits(path: Path, data: bytes) -> int | None:
+    """The grey sBIT value (None when absent or invalid), checking every chunk's CRC on the way: libpng may
+    decode a truncated file into a partly black image without an error."""
+    pos, depth, colour, sbit = len(PNG_SIGNATURE), 8, 0, None
     while pos + 8 <= len(data):
         length = int.from_bytes(data[pos : pos + 4], "big")
         kind = data[pos + 4 : pos + 8]
@@ -167,8 +189,15 @@ def _check_png_complete(path: Path, data: bytes) -> None:
         crc = int.from_bytes(data[end - 4 : end], "big")
         if zlib.crc32(data[pos + 4 : end - 4]) != crc:
             raise InputFileError(f"PNG {path} is corrupt (bad checksum in chunk {kind!r}); re-export or re-download it")
-        if kind == b"IEND":
-            return
+        body = data[pos + 8 : end - 4]
+        if kind == b"IHDR" and len(body) >= 10:
+            depth, colour = body[8], body[9]
+        elif kind == b"sBIT" and body:
+            # Grey (types 0, 4) has one grey entry; RGB (2, 6) and palette (3) one per channel.
+            sbit = max(body[:3]) if colour in (2, 3, 6) else body[0]
+        elif kind == b"IEND":
+            sample_depth = 8 if colour == 3 else depth
+            return sbit if sbit is not None and 0 < sbit <= sample_depth else None
         pos = end
     raise InputFileError(f"PNG {path} is truncated (no end chunk); re-export or re-download it")
 

@@ -1,5 +1,9 @@
 """One slide-reader interface; dataset, tiling and inference code never care which backend serves it.
 
+Backends: the fast TIFF reader (Aperio SVS, generic tiled TIFF), OpenSlide (everything else it reads),
+and PlainImageReader (strip TIFF, PNG, JPEG as one level). A file none of them opens is refused with
+what it is and what to do (`medconv.io.diagnose`), not a bare "cannot open".
+
 Coordinates are level-0 pixels; `read_region` returns RGB uint8 (H, W, 3), transparent areas as white,
 matching OpenSlide's `read_region` composited on white.
 """
@@ -7,31 +11,15 @@ matching OpenSlide's `read_region` composited on white.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from medconv.errors import InputFileError
+from medconv.io.diagnose import diagnose, probe
+from medconv.io.reader import SlideReader, read_mpp
 
-
-@runtime_checkable
-class SlideReader(Protocol):
-    path: Path
-    level_dimensions: tuple[tuple[int, int], ...]  # (width, height) per level
-    level_downsamples: tuple[float, ...]
-    mpp: float | None  # microns per level-0 pixel (x); None when the file has none
-
-    @property
-    def dimensions(self) -> tuple[int, int]: ...
-
-    @property
-    def level_count(self) -> int: ...
-
-    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray: ...
-
-    def get_thumbnail(self, max_size: tuple[int, int]) -> np.ndarray: ...
-
-    def close(self) -> None: ...
+__all__ = ["OpenSlideReader", "SlideReader", "open_slide", "read_mpp"]
+BACKENDS = ("auto", "openslide", "tiff", "plain")
 
 
 class OpenSlideReader:
@@ -46,9 +34,7 @@ class OpenSlideReader:
         try:
             self._slide = openslide.OpenSlide(str(self.path))
         except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError) as err:
-            raise InputFileError(
-                f"{self.path}: OpenSlide cannot open it ({err}); the file is corrupt, truncated or not a slide format."
-            ) from err
+            raise InputFileError(diagnose(self.path, reason=f"OpenSlide: {err}")) from err
         self.level_dimensions = tuple(self._slide.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
         self.mpp = mpp if mpp is not None else read_mpp(self._slide.properties)
@@ -72,7 +58,7 @@ class OpenSlideReader:
     def close(self) -> None:
         self._slide.close()
 
-    def __enter__(self) -> "OpenSlideReader":
+    def __enter__(self) -> OpenSlideReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -88,30 +74,18 @@ def _rgba_on_white(rgba: np.ndarray) -> np.ndarray:
     return (rgb + (255 - alpha)).clip(0, 255).astype(np.uint8)
 
 
-def read_mpp(properties: dict[str, str] | object) -> float | None:
-    """Microns per pixel from OpenSlide properties, or None: never a silent guess."""
-    props = dict(properties)  # type: ignore[arg-type]
-    for key in ("openslide.mpp-x", "aperio.MPP"):
-        if key in props:
-            try:
-                value = float(props[key])
-            except ValueError:
-                continue
-            if value > 0:
-                return value
-    unit = props.get("tiff.ResolutionUnit", "").lower()
-    xres = props.get("tiff.XResolution")
-    if xres and unit in ("centimeter", "inch"):
-        per_unit_um = 1e4 if unit == "centimeter" else 25400.0
-        value = per_unit_um / float(xres)
-        return value if 0 < value < 100 else None
-    return None
-
-
 def open_slide(path: str | Path, mpp: float | None = None, backend: str = "auto") -> SlideReader:
-    """Open a slide. `mpp` overrides the file's metadata; `backend`: auto | openslide | tiff."""
-    if backend not in ("auto", "openslide", "tiff"):
-        raise ValueError(f"backend must be auto, openslide or tiff, not {backend!r}")
+    """Open a slide. `mpp` overrides the file's metadata; `backend`: auto | openslide | tiff | plain.
+
+    auto: the fast TIFF reader when it decodes the file exactly as OpenSlide would, else OpenSlide, else a
+    plain image as one level; otherwise InputFileError saying what the file is and what to do.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    from medconv.io.plain_image import PlainImageReader
+
+    if backend == "plain":
+        return PlainImageReader(path, mpp=mpp)
     if backend in ("auto", "tiff"):
         try:
             from medconv.io.tiff_reader import TiffSlideReader, can_read
@@ -119,4 +93,9 @@ def open_slide(path: str | Path, mpp: float | None = None, backend: str = "auto"
             TiffSlideReader = None  # type: ignore[assignment]
         if TiffSlideReader is not None and (backend == "tiff" or can_read(path)):
             return TiffSlideReader(path, mpp=mpp)
-    return OpenSlideReader(path, mpp=mpp)
+    try:
+        return OpenSlideReader(path, mpp=mpp)
+    except InputFileError:
+        if backend == "auto" and Path(path).exists() and probe(path).plain:
+            return PlainImageReader(path, mpp=mpp)
+        raise

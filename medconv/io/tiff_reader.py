@@ -21,14 +21,12 @@ from typing import Callable
 import numpy as np
 
 from medconv.errors import InputFileError
+from medconv.io.reader import read_mpp
+from medconv.io.tiff_codecs import UnsupportedTiff, codec_name, decoder
+from medconv.io.tiff_properties import openslide_downsamples, tiff_properties
 
 # OpenSlide vendors whose levels are simple tile grids with OpenSlide's default geometry.
 GRID_VENDORS = ("aperio", "generic-tiff")
-JPEG = 7
-APERIO_J2K_YCBCR, APERIO_J2K_RGB = 33003, 33005
-# Lossless codecs: any correct decoder gives the same pixels as libtiff does inside OpenSlide.
-LOSSLESS = {1: "none", 5: "lzw", 8: "deflate", 32946: "deflate", 32773: "packbits"}
-PHOTOMETRIC_RGB, PHOTOMETRIC_YCBCR = 2, 6
 DEFAULT_CACHE_BYTES = 32 * 2**20  # OpenSlide's default tile cache size
 
 
@@ -78,10 +76,6 @@ class _BufferPool:
 _POOL = _BufferPool(DEFAULT_CACHE_BYTES)
 
 
-class UnsupportedTiff(Exception):
-    """Internal: this file needs OpenSlide (never reaches the user)."""
-
-
 def can_read(path: str | Path) -> bool:
     """True only when every level can be decoded exactly as OpenSlide would; otherwise OpenSlide serves it."""
     try:
@@ -99,7 +93,6 @@ class TiffSlideReader:
     """
 
     def __init__(self, path: str | Path, mpp: float | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES):
-        from medconv.io.slide import read_mpp
 
         self.path = Path(path)
         self._mpp_override = mpp
@@ -119,7 +112,7 @@ class TiffSlideReader:
         self._levels = levels
         self.properties = properties
         self.level_dimensions = tuple((lv.width, lv.height) for lv in levels)
-        self.level_downsamples = _downsamples(self.level_dimensions)
+        self.level_downsamples = openslide_downsamples(self.level_dimensions)
         self.mpp = mpp if mpp is not None else read_mpp(properties)
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cached = 0
@@ -291,12 +284,6 @@ def _to_level(v: int, ds: float) -> int:
     return int(math.floor(v / ds + 0.5))
 
 
-def _downsamples(dims: tuple[tuple[int, int], ...]) -> tuple[float, ...]:
-    """OpenSlide's rule: mean of the width and height ratios to level 0."""
-    w0, h0 = dims[0]
-    return tuple(1.0 if i == 0 else (h0 / h + w0 / w) / 2 for i, (w, h) in enumerate(dims))
-
-
 def _scan(path: Path) -> tuple[list[TileGrid], dict[str, str]]:
     """Levels and properties, or UnsupportedTiff / a tifffile error when OpenSlide must serve the file."""
     import openslide
@@ -313,7 +300,7 @@ def _scan(path: Path) -> tuple[list[TileGrid], dict[str, str]]:
         if vendor == "generic-tiff":
             pages.sort(key=lambda p: -p.imagewidth)
         levels = [_level(p, size, vendor) for p in pages]
-        properties = _properties(tif.pages[0], vendor, levels)
+        properties = tiff_properties(tif.pages[0], vendor, levels)
     return levels, properties
 
 
@@ -339,161 +326,6 @@ def _level(page, file_size: int, vendor: str) -> TileGrid:
         down=down,
         offsets=offsets,
         counts=counts,
-        decode=_decoder(page, vendor),
-        codec=_codec_name(page),
+        decode=decoder(page, vendor),
+        codec=codec_name(page),
     )
-
-
-def _decoder(page, vendor: str) -> Callable[[bytes], np.ndarray]:
-    """bytes of one stored tile -> (tile_h, tile_w, 3) uint8, the same pixels OpenSlide's decoder gives."""
-    import imagecodecs
-
-    compression, photometric = int(page.compression), int(page.photometric)
-    if compression == JPEG:
-        if photometric not in (PHOTOMETRIC_RGB, PHOTOMETRIC_YCBCR):
-            raise UnsupportedTiff(f"JPEG with photometric {photometric}")
-        tables = page.jpegtables
-        # Aperio's "JPEG/RGB" tiles hold RGB samples: libjpeg must not apply the YCbCr transform.
-        colorspace = "RGB" if photometric == PHOTOMETRIC_RGB else None
-        decode = imagecodecs.jpeg8_decode
-
-        def jpeg(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
-            if out is not None:
-                try:
-                    return decode(data, tables=tables, colorspace=colorspace, out=out)
-                except ValueError:  # a stored tile of another size: decode it into new memory
-                    pass
-            return decode(data, tables=tables, colorspace=colorspace)
-
-        return jpeg
-    if compression in (APERIO_J2K_YCBCR, APERIO_J2K_RGB) and vendor == "aperio":
-        return _j2k_decoder(page, ycbcr=compression == APERIO_J2K_YCBCR)
-    if compression in LOSSLESS and photometric == PHOTOMETRIC_RGB:
-        page_decode = page.decode
-        tables = page.jpegtables
-        shape = (page.tilelength, page.tilewidth, 3)
-
-        def lossless(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
-            segment = page_decode(data, 0, jpegtables=tables)[0]
-            return np.ascontiguousarray(segment.reshape(shape))
-
-        return lossless
-    raise UnsupportedTiff(f"compression {compression} with photometric {photometric}")
-
-
-def _j2k_decoder(page, ycbcr: bool) -> Callable[[bytes], np.ndarray]:
-    """Aperio JPEG 2000 tiles: raw codestreams whose components are YCbCr (33003) or RGB (33005).
-
-    OpenSlide converts 33003 itself, with rounded tables on libjpeg's constants; the same tables here give
-    identical pixels. Chroma-subsampled codestreams are refused (OpenSlide upsamples them its own way).
-    """
-    import imagecodecs
-
-    decode = imagecodecs.jpeg2k_decode
-    first = next((i for i, n in enumerate(page.databytecounts) if n), None)
-    if first is not None:
-        page.parent.filehandle.seek(page.dataoffsets[first])
-        if _j2k_subsampled(page.parent.filehandle.read(min(page.databytecounts[first], 256))):
-            raise UnsupportedTiff("JPEG 2000 with subsampled chroma")
-    if not ycbcr:
-
-        def j2k_rgb(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
-            return decode(data)
-
-        return j2k_rgb
-    r_cr, g_cbcr, b_cb = _ycbcr_tables()
-
-    def j2k_ycbcr(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
-        c = decode(data)
-        if c.ndim != 3 or c.shape[2] != 3 or c.dtype != np.uint8:
-            raise ValueError(f"JPEG 2000 tile decoded to {c.shape} {c.dtype}, expected 3 x 8-bit")
-        y = c[..., 0].astype(np.int16)
-        cb, cr = c[..., 1], c[..., 2]
-        rgb = np.empty(c.shape, np.uint8)
-        rgb[..., 0] = np.clip(y + r_cr[cr], 0, 255)
-        rgb[..., 1] = np.clip(y + g_cbcr[cb, cr], 0, 255)
-        rgb[..., 2] = np.clip(y + b_cb[cb], 0, 255)
-        return rgb
-
-    return j2k_ycbcr
-
-
-def _j2k_subsampled(head: bytes) -> bool:
-    """Any XRsiz/YRsiz != 1 in the SIZ marker segment that follows SOC."""
-    if head[:4] != b"\xff\x4f\xff\x51" or len(head) < 42:
-        return True  # not a bare codestream: let OpenSlide judge
-    ncomp = int.from_bytes(head[40:42], "big")
-    comps = head[42 : 42 + 3 * ncomp]
-    return len(comps) < 3 * ncomp or any(comps[3 * i + 1] != 1 or comps[3 * i + 2] != 1 for i in range(ncomp))
-
-
-def _ycbcr_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    v = np.arange(256, dtype=np.float64) - 128
-    r_cr = np.floor(1.402 * v + 0.5).astype(np.int16)
-    b_cb = np.floor(1.772 * v + 0.5).astype(np.int16)
-    g_cbcr = np.floor(-0.34414 * v[:, None] - 0.71414 * v[None, :] + 0.5).astype(np.int16)
-    return r_cr, g_cbcr, b_cb
-
-
-def _codec_name(page) -> str:
-    compression = int(page.compression)
-    if compression in (APERIO_J2K_YCBCR, APERIO_J2K_RGB):
-        return "j2k/ycbcr" if compression == APERIO_J2K_YCBCR else "j2k/rgb"
-    if compression == JPEG:
-        return "jpeg/rgb" if int(page.photometric) == PHOTOMETRIC_RGB else "jpeg/ycbcr"
-    return LOSSLESS.get(compression, str(compression))
-
-
-def _properties(page, vendor: str, levels: list[TileGrid]) -> dict[str, str]:
-    """A subset of OpenSlide's property names, so `read_mpp` finds the mpp the same way for both readers."""
-    props: dict[str, str] = {"openslide.vendor": vendor, "openslide.level-count": str(len(levels))}
-    tags = page.tags
-    description = str(page.description or "")
-    if description:
-        props["tiff.ImageDescription"] = description
-        props["openslide.comment"] = description
-    for name in ("Software", "Make", "Model", "DateTime", "Artist", "HostComputer", "Copyright"):
-        if name in tags:
-            props[f"tiff.{name}"] = str(tags[name].value)
-    unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else None
-    unit_name = {1: "none", 2: "inch", 3: "centimeter"}.get(int(unit) if unit is not None else 2, "inch")
-    xres = _rational(tags, "XResolution")
-    yres = _rational(tags, "YResolution")
-    props["tiff.ResolutionUnit"] = unit_name
-    if xres:
-        props["tiff.XResolution"] = _fmt(xres)
-    if yres:
-        props["tiff.YResolution"] = _fmt(yres)
-    if vendor == "aperio":
-        for field in description.split("|")[1:]:
-            key, sep, value = field.partition("=")
-            if sep:
-                props[f"aperio.{key.strip()}"] = value.strip()
-        if "aperio.MPP" in props:
-            props["openslide.mpp-x"] = props["openslide.mpp-y"] = _fmt(float(props["aperio.MPP"]))
-        if "aperio.AppMag" in props:
-            props["openslide.objective-power"] = props["aperio.AppMag"]
-    elif unit_name in ("centimeter", "inch") and xres and yres:  # as OpenSlide 4 does
-        per_unit_um = 1e4 if unit_name == "centimeter" else 25400.0
-        props["openslide.mpp-x"] = _fmt(per_unit_um / xres)
-        props["openslide.mpp-y"] = _fmt(per_unit_um / yres)
-    for i, (lv, ds) in enumerate(zip(levels, _downsamples(tuple((lv.width, lv.height) for lv in levels)))):
-        props[f"openslide.level[{i}].downsample"] = str(int(ds)) if ds == int(ds) else repr(ds)
-        props[f"openslide.level[{i}].width"] = str(lv.width)
-        props[f"openslide.level[{i}].height"] = str(lv.height)
-        props[f"openslide.level[{i}].tile-width"] = str(lv.tile_w)
-        props[f"openslide.level[{i}].tile-height"] = str(lv.tile_h)
-    return props
-
-
-def _rational(tags, name: str) -> float | None:
-    if name not in tags:
-        return None
-    value = tags[name].value
-    if isinstance(value, tuple):
-        return value[0] / value[1] if value[1] else None
-    return float(value)
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.6g}"

@@ -27,7 +27,7 @@ class TimmBackbone(nn.Module):
 
     Args:
         name: timm model name (registry), e.g. convnext_tiny, swin_tiny_patch4_window7_224, hiera_tiny_224.
-        in_chans: input channels (1 for raw mammograms; timm adapts the stem).
+        in_chans: input channels (1 for raw mammograms); RGB weights' input conv is adapted to it as timm does.
         img_size: (H, W) the model is built for; ignored by models that take any size (CNNs, PVT-v2).
         pretrained_path: local timm/safetensors/Lightning/SSL weights; mismatches are reported.
         strict_weights: make any missing/unexpected/mis-shaped key an error instead of a warning.

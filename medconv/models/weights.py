@@ -4,7 +4,13 @@ No hub downloads. Accepts timm/torch `.pth`/`.pt`/`.bin`/`.ckpt` state dicts, `.
 checkpoints of our tasks (`backbone.model.` prefix) and SSL exports (any common prefix): the prefix that
 matches most of the model's keys is stripped. The family's own timm `checkpoint_filter_fn` then resizes
 what timm knows how to resize (ViT position embeddings, Swin relative-position tables, patch embeddings);
-absolute position embeddings it leaves alone (Hiera) are resampled here.
+absolute position embeddings it leaves alone (Hiera) are resampled here. Input convs of RGB weights are
+adapted to the model's `in_chans` with timm's `adapt_input_conv` (summed for 1 channel, repeated and rescaled
+for more), so a grey image gives what the RGB model gives on it repeated over three channels.
+
+timm's own path (`create_model(pretrained=True, pretrained_cfg_overlay=dict(file=...))`) is not used: it strips
+only `module.`, so a Lightning checkpoint loads nothing with just a log line; it raises on shapes its filter
+leaves alone (Hiera's pos_embed, GResNet's input-norm statistics); and it keeps no record to report.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 from torch import nn
 
 from medconv.errors import ConfigError, InputFileError
+from medconv.models.split_norm import SplitNormConv2d
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,7 @@ class WeightReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)  # "key: file shape -> model shape"
     resized: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)  # input convs (and their input norm) for another in_chans
     classifier_dropped: list[str] = field(default_factory=list)
     outside_prefix: list[str] = field(default_factory=list)  # e.g. a task's head in a Lightning checkpoint
     prefix: str = ""
@@ -51,6 +59,8 @@ class WeightReport:
             parts.append(f"stripped prefix {self.prefix!r}")
         if self.outside_prefix:
             parts.append(f"ignored {len(self.outside_prefix)} keys outside it [{names(self.outside_prefix)}]")
+        if self.adapted:
+            parts.append(f"adapted {len(self.adapted)} to the input channels [{names(self.adapted)}]")
         if self.resized:
             parts.append(f"resized {len(self.resized)} [{names(self.resized)}]")
         if self.classifier_dropped:
@@ -118,6 +128,65 @@ def _resize_pos_embed(key: str, value: torch.Tensor, target: torch.Tensor, model
     return resample_abs_pos_embed(value, new_size=list(grid), old_size=[side, side], num_prefix_tokens=prefix)
 
 
+def _input_conv_keys(model: nn.Module, target: dict[str, torch.Tensor]) -> list[str]:
+    """The model's input conv weights: timm's `first_conv` (as `load_pretrained` finds it), else the first 4-D one."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    if names:
+        return [f"{name}.weight" for name in ([names] if isinstance(names, str) else names)]
+    return [next((k for k, v in target.items() if v.ndim == 4), "")]
+
+
+def _adapt_input_convs(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], model: nn.Module) -> list[str]:
+    """Input convs whose weights differ only in input channels, adapted as timm does; returns what was done."""
+    from timm.models import adapt_input_conv
+
+    done = []
+    for key in _input_conv_keys(model, target):
+        weight, want = state.get(key), target.get(key)
+        if weight is None or want is None or weight.ndim != 4 or weight.shape == want.shape:
+            continue
+        if weight.shape[0] != want.shape[0] or weight.shape[2:] != want.shape[2:]:
+            continue  # another width or kernel, not another input: left to be reported as a mismatch
+        base, in_chans = weight.shape[1], want.shape[1]
+        norm = _adapt_input_norm(state, model, key, in_chans)
+        state[key] = adapt_input_conv(in_chans, state[key], base_chans=base)
+        how = f"summed over {'RGB' if base == 3 else f'{base} channels'}" if in_chans == 1 else "repeated and rescaled"
+        done += [f"{key}: {tuple(weight.shape)} -> {tuple(want.shape)} {how}", *norm]
+    return done
+
+
+def _adapt_input_norm(state: dict[str, torch.Tensor], model: nn.Module, conv_key: str, in_chans: int) -> list[str]:
+    """GResNet's stem conv normalises its raw input per channel (split norm): adapt those statistics with it.
+
+    For 1 channel the RGB scales 1/std_c go into the conv weights before they are summed and the mean
+    differences into the affine bias: a grey image gives the RGB model's answer on it repeated, exactly when the
+    channel means agree and otherwise away from the zero padding. More channels repeat them as the weights do.
+    """
+    owner = conv_key.removesuffix(".weight").rpartition(".")[0]
+    module = model.get_submodule(owner) if owner else None
+    mean_key, var_key, bias_key = f"{owner}.norm.running_mean", f"{owner}.norm.running_var", f"{owner}.affine.bias"
+    mean, var, weight = state.get(mean_key), state.get(var_key), state[conv_key]
+    if not isinstance(module, SplitNormConv2d) or mean is None or var is None or len(mean) != weight.shape[1]:
+        return []
+    change = f"{tuple(mean.shape)} -> ({in_chans},)"
+    if in_chans != 1:
+        index = torch.arange(in_chans) % len(mean)
+        state[mean_key], state[var_key] = mean[index], var[index]
+        return [f"{mean_key}: {change} repeated", f"{var_key}: {change} repeated"]
+    eps = module.norm.eps
+    new_mean, new_var = mean.double().mean(), var.double().mean()
+    scaled = weight.double() / (var.double() + eps).sqrt().view(1, -1, 1, 1)
+    state[conv_key] = (scaled * (new_var + eps).sqrt()).to(weight.dtype)
+    state[mean_key], state[var_key] = new_mean.view(1).to(mean.dtype), new_var.view(1).to(var.dtype)
+    done = [f"{mean_key}: {change} averaged", f"{var_key}: {change} averaged, scales folded into the conv"]
+    scale_key = f"{owner}.affine.weight"
+    if bool((mean != mean[0]).any()) and bias_key in state and scale_key in state:
+        shift = (scaled * (new_mean - mean.double()).view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
+        state[bias_key] = (state[bias_key].double() + state[scale_key].double() * shift).to(state[bias_key].dtype)
+        done.append(f"{bias_key}: RGB mean differences folded in")
+    return done
+
+
 def load_local_weights(model: nn.Module, path: str | Path, strict: bool = False) -> WeightReport:
     """Load `path` into the timm `model`, adapting sizes; warn on any mismatch, raise if `strict`."""
     state = read_state_dict(path)
@@ -133,6 +202,7 @@ def load_local_weights(model: nn.Module, path: str | Path, strict: bool = False)
         before = {k: tuple(v.shape) for k, v in state.items()}
         state = filter_fn(state, model)
         report.resized += [k for k, v in state.items() if k in before and tuple(v.shape) != before[k]]
+    report.adapted = _adapt_input_convs(state, target, model)  # after the filter, which may rename the stem
 
     classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
     classifiers = classifier if isinstance(classifier, (list, tuple)) else [classifier]

@@ -1,59 +1,71 @@
-"""Image/tile classification: an injected backbone, a linear head, AdamW + warmup/cosine, rich evaluation."""
+"""Image/tile classification: an injected backbone and criterion, a linear head, optimiser and LR schedule
+from the config, and evaluation rows that the output callbacks (medconv.callbacks) turn into files."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from medconv import keys
-from medconv.callbacks import run_dir
-from medconv.tasks.losses import make_loss
-from medconv.tasks.metrics import aggregate_groups, classification_metrics
+from medconv.tasks.metrics import REDUCERS, evaluate
+from medconv.tasks.schedules import WarmupCosine
 
 META_KEYS = (keys.IMAGE_ID, keys.PATIENT_ID, keys.EXAM_ID, keys.LATERALITY, keys.VIEW, keys.SLIDE_ID, keys.X, keys.Y)
 
 
 class ClassificationModule(L.LightningModule):
     """Metrics per image and per group: `eval_groups={"breast": ["exam_id", "laterality"]}` scores a breast by
-    the max over its views; `{"slide": ["slide_id"]}` scores a slide by its tiles.
+    `group_reduce` (max: a lesion seen in any view counts) over its views; `{"slide": ["slide_id"]}` scores a
+    slide by its tiles.
 
     The backbone is an `nn.Module` returning pooled features with a `num_features` attribute
-    (`medconv.models.TimmBackbone`); `num_classes` is linked from the data by the CLI.
+    (`medconv.models.TimmBackbone`); `num_classes` and `eval_groups` are linked from the data by the CLI.
+    After each evaluation epoch, `eval_rows` (per-sample probabilities with ids, gathered over processes) and
+    `eval_metrics` hold what the callbacks write.
+
+    Args:
+        criterion: any loss module, e.g. `medconv.tasks.CrossEntropy` (class weights, label smoothing) or
+            `medconv.tasks.FocalLoss`; default plain cross-entropy.
+        optimizer: called with the parameters.
+        scheduler: called with the optimiser; one with `bind_schedule` (the default `WarmupCosine`) gets the
+            run's length. None: a constant LR.
+        scheduler_interval: `step` or `epoch`, when the scheduler steps.
     """
 
     def __init__(
         self,
         backbone: nn.Module,
         num_classes: int = 2,
-        loss: str = "ce",
-        class_weights: list[float] | None = None,
-        label_smoothing: float = 0.0,
-        focal_gamma: float = 2.0,
+        criterion: nn.Module | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        warmup_epochs: float = 1.0,
-        min_lr_ratio: float = 0.01,
+        scheduler: LRSchedulerCallable | None = WarmupCosine,
+        scheduler_interval: str = "step",
         head_dropout: float = 0.0,
         eval_groups: dict[str, list[str]] | None = None,
         group_reduce: str = "max",
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "optimizer"])
+        if group_reduce not in REDUCERS:
+            raise ValueError(f"group_reduce must be one of {sorted(REDUCERS)}, not {group_reduce!r}")
+        if scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', not {scheduler_interval!r}")
+        self.save_hyperparameters(ignore=["backbone", "criterion", "optimizer", "scheduler"])
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone.num_features, num_classes))
-        self.criterion = make_loss(loss, class_weights, label_smoothing, focal_gamma)
+        self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         self.optimizer_factory = optimizer
-        self.warmup_epochs = warmup_epochs
-        self.min_lr_ratio = min_lr_ratio
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
         self.eval_groups = dict(eval_groups or {})
         self.group_reduce = group_reduce
-        self.val_history: list[dict[str, float]] = []
+        self.eval_rows: dict = {}
+        self.eval_metrics: dict[str, float] = {}
         self._outputs: list[dict] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,24 +78,22 @@ class ClassificationModule(L.LightningModule):
         return loss
 
     # --- evaluation ------------------------------------------------------------------------------
-    def _eval_step(self, batch: dict) -> torch.Tensor:
+    def _eval_step(self, batch: dict, prefix: str) -> None:
         logits = self(batch[keys.IMAGE])
         loss = self.criterion(logits, batch[keys.LABEL])
+        self.log(f"{prefix}/loss", loss, on_epoch=True, batch_size=len(logits), sync_dist=True)
         out = {"probs": logits.float().softmax(1).cpu().numpy(), "labels": batch[keys.LABEL].cpu().numpy()}
         for key in META_KEYS:
             if key in batch:
                 value = batch[key]
                 out[key] = value.cpu().tolist() if torch.is_tensor(value) else list(value)
         self._outputs.append(out)
-        return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss = self._eval_step(batch)
-        self.log("val/loss", loss, on_epoch=True, batch_size=len(batch[keys.LABEL]), sync_dist=True)
+        self._eval_step(batch, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        loss = self._eval_step(batch)
-        self.log("test/loss", loss, on_epoch=True, batch_size=len(batch[keys.LABEL]), sync_dist=True)
+        self._eval_step(batch, "test")
 
     def on_validation_epoch_start(self) -> None:
         self._outputs = []
@@ -91,39 +101,24 @@ class ClassificationModule(L.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def on_validation_epoch_end(self) -> None:
-
-        rows, metrics = self._epoch_metrics("val")
-        if self.trainer.sanity_checking:
-            return
-        metrics["epoch"] = float(self.current_epoch)
-        improved = not self.val_history or _better(metrics.get("auroc"), max(h.get("auroc", -1) for h in self.val_history))
-        self.val_history.append(metrics)
-        if improved and self.trainer.is_global_zero:
-            write_predictions(rows, run_dir(self.trainer) / "val_predictions_best.csv")
+        self._epoch_metrics("val")
 
     def on_test_epoch_end(self) -> None:
-        rows, _ = self._epoch_metrics("test")
-        if self.trainer.is_global_zero:
-            write_predictions(rows, run_dir(self.trainer) / "test_predictions.csv")
+        self._epoch_metrics("test")
 
-    def _epoch_metrics(self, prefix: str) -> tuple[dict[str, np.ndarray | list], dict[str, float]]:
-        rows = _dedupe(_gather(_concat(self._outputs)))
+    def _epoch_metrics(self, prefix: str) -> None:
+        """Gather every process's outputs (so groups see whole breasts and slides), compute and log the metrics."""
+        self.eval_rows = _dedupe(_gather(_concat(self._outputs)))
         self._outputs = []
-        if not len(rows.get("labels", [])):
-            return rows, {}
-        metrics = {f"{k}": v for k, v in classification_metrics(rows["probs"], rows["labels"]).items()}
-        for group, columns in self.eval_groups.items():
-            if all(c in rows for c in columns):
-                g_keys = list(zip(*(rows[c] for c in columns)))
-                _, g_probs, g_labels = aggregate_groups(g_keys, rows["probs"], rows["labels"], self.group_reduce)
-                metrics |= {f"{group}/{k}": v for k, v in classification_metrics(g_probs, g_labels).items()}
-        if not self.trainer.sanity_checking:
-            loggable = {f"{prefix}/{k}": v for k, v in metrics.items() if k.split("/")[-1] != "n" and not math.isnan(v)}
-            headline = f"{prefix}/auroc"
-            self.log_dict({k: v for k, v in loggable.items() if k != headline}, sync_dist=False)
-            if headline in loggable:
-                self.log(headline, loggable[headline], prog_bar=True, sync_dist=False)
-        return rows, metrics
+        labels = self.eval_rows.get("labels", [])
+        self.eval_metrics = evaluate(self.eval_rows, self.eval_groups, self.group_reduce) if len(labels) else {}
+        if self.trainer.sanity_checking:
+            return
+        loggable = {f"{prefix}/{k}": v for k, v in self.eval_metrics.items() if k.split("/")[-1] != "n" and not math.isnan(v)}
+        headline = f"{prefix}/auroc"
+        self.log_dict({k: v for k, v in loggable.items() if k != headline}, sync_dist=False)
+        if headline in loggable:
+            self.log(headline, loggable[headline], prog_bar=True, sync_dist=False)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probs = self(batch[keys.IMAGE]).float().softmax(1).cpu()
@@ -134,29 +129,13 @@ class ClassificationModule(L.LightningModule):
     # --- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        warmup = min(int(self.warmup_epochs * per_epoch), total - 1)
-        floor = self.min_lr_ratio
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return floor + (1 - floor) * (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(1, total - warmup)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["medconv_val_history"] = self.val_history
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.val_history = list(checkpoint.get("medconv_val_history", []))
-
-
-def _better(new: float | None, old: float) -> bool:
-    return new is not None and not math.isnan(new) and new > old
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        if hasattr(scheduler, "bind_schedule"):
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            scheduler.bind_schedule(total, max(1, total // max(1, self.trainer.max_epochs or 1)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
 
 
 def _concat(outputs: list[dict]) -> dict[str, np.ndarray | list]:
@@ -192,19 +171,3 @@ def _dedupe(rows: dict) -> dict:
     if len(index) == len(ids):
         return rows
     return {k: (v[index] if isinstance(v, np.ndarray) else [v[i] for i in index]) for k, v in rows.items()}
-
-
-def write_predictions(rows: dict, path: Path) -> None:
-    """CSV of per-sample probabilities with ids, written atomically."""
-    import pandas as pd
-
-    if not rows:
-        return
-    table = pd.DataFrame({k: v for k, v in rows.items() if k not in ("probs",)})
-    for c in range(rows["probs"].shape[1]):
-        table[f"prob_{c}"] = rows["probs"][:, c]
-    table = table.rename(columns={"labels": "label_index"})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(path)

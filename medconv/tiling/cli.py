@@ -1,7 +1,8 @@
 """`medconv tile INPUT... --out DIR`: tissue masks, tile grids at a target mpp, coords stores, QC images.
 
 Slides run in parallel processes; a slide that fails (corrupt, unsupported, no mpp) is recorded in
-summary.csv and the rest finish. Exit code: 0 all ok or skipped, 1 some slide failed, 2 usage error.
+summary.csv and the rest finish; files in INPUT folders that are not slides are listed there as skipped,
+with the reason. Exit code: 0 all ok or skipped, 1 some slide failed, 2 usage error.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import Any
 from tqdm import tqdm
 
 from medconv.errors import MedconvError
-from medconv.tiling.inputs import find_slides
+from medconv.io.atomic import write_text
+from medconv.tiling.inputs import find_inputs
 from medconv.tiling.slide_tiler import TileOptions, tile_slide_safe
 
 SUMMARY_COLUMNS = ("slide", "status", "n_tiles", "tissue_mm2", "mpp", "seconds", "error", "path")
+SHOW_SKIPPED = 10  # skipped files printed; all of them are in summary.csv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print("medconv tile: error: --min-tissue must be in [0, 1]", file=sys.stderr)
         return 2
     try:
-        slides = find_slides(args.inputs)
+        slides, not_slides = find_inputs(args.inputs, exclude=[args.out])
     except MedconvError as err:
         print(f"medconv tile: error: {err}", file=sys.stderr)
         return 2
@@ -79,14 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     rows = run(slides, args.out, options, args.workers)
-    summary = write_summary(args.out / "summary.csv", rows)
+    summary = write_summary(args.out / "summary.csv", rows + skipped_rows(not_slides))
     failed = [r for r in rows if r["status"] == "failed"]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "failed")}
-    print(f"medconv tile: {counts['ok']} tiled, {counts['skipped']} already done, {counts['failed']} failed; see {summary}",
-          file=sys.stderr)
+    print(f"medconv tile: {counts['ok']} tiled, {counts['skipped']} already done, {len(not_slides)} skipped (not slides), "
+          f"{counts['failed']} failed; see {summary}", file=sys.stderr)
+    for path, reason in not_slides[:SHOW_SKIPPED]:
+        print(f"  skipped {path}: {reason}", file=sys.stderr)
+    if len(not_slides) > SHOW_SKIPPED:
+        print(f"  ... and {len(not_slides) - SHOW_SKIPPED} more skipped files, listed in {summary}", file=sys.stderr)
     for r in failed:
         print(f"  failed {r['slide']}: {r['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def skipped_rows(not_slides: list[tuple[Path, str]]) -> list[dict[str, Any]]:
+    """Summary rows for the files in INPUT folders that are not slides: status `skipped`, the reason as error."""
+    return [{"slide": path.name, "path": str(path), "status": "skipped", "n_tiles": 0, "error": reason}
+            for path, reason in not_slides]
 
 
 def run(slides: list[tuple[str, Path]], out: Path, options: TileOptions, workers: int) -> list[dict[str, Any]]:
@@ -131,10 +144,7 @@ def write_summary(path: Path, rows: list[dict[str, Any]]) -> Path:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in SUMMARY_COLUMNS})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
-    return path
+    return write_text(path, buffer.getvalue())
 
 
 if __name__ == "__main__":

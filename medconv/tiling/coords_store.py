@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from medconv.errors import InputFileError
+from medconv.io.atomic import atomic_path
 
 FORMAT = "medconv-coords/1"
 
@@ -25,22 +26,16 @@ def write_coords(path: str | Path, coords: np.ndarray, attrs: dict[str, Any], ex
     """Write `coords` (N, 2) with `attrs` on the dataset, atomically; `extra` adds datasets (e.g. tissue fraction)."""
     path = Path(path)
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            dset = f.create_dataset("coords", data=coords, maxshape=(None, 2), chunks=(max(1, min(len(coords), 4096)), 2))
-            for key, value in attrs.items():
-                if value is None:
-                    continue
-                dset.attrs[key] = _attr_value(value)
-            for key, value in (extra or {}).items():
-                f.create_dataset(key, data=np.asarray(value))
-            f.attrs["format"] = FORMAT
-            f.attrs["complete"] = True
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        dset = f.create_dataset("coords", data=coords, maxshape=(None, 2), chunks=(max(1, min(len(coords), 4096)), 2))
+        for key, value in attrs.items():
+            if value is None:
+                continue
+            dset.attrs[key] = _attr_value(value)
+        for key, value in (extra or {}).items():
+            f.create_dataset(key, data=np.asarray(value))
+        f.attrs["format"] = FORMAT
+        f.attrs["complete"] = True
     return path
 
 

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from medconv.errors import InputFileError, MedconvError
+from medconv.io.png import write_mask_png, write_png
 from medconv.tiling import coords_store
 from medconv.tiling.geometry import grid_in_mask, plan_tiles
-from medconv.tiling.images import qc_overlay, write_mask_png, write_png
+from medconv.tiling.qc import qc_overlay
 from medconv.tiling.tissue import tissue_mask
 
 #: enclosed glass up to this area (mm^2) is filled into the tissue mask
@@ -89,8 +90,11 @@ def tile_slide(path: Path, out_dir: Path, name: str, options: TileOptions) -> di
     reader = open_slide(path, mpp=options.slide_mpp)
     try:
         if reader.mpp is None:
+            what = getattr(reader, "description", "") or "the slide"  # a plain image says what it is
+            note = f" ({reader.mpp_note})" if getattr(reader, "mpp_note", "") else ""
+            one_level = " to tile it as a one-level slide" if getattr(reader, "description", "") else ""
             raise InputFileError(
-                f"{path}: the slide has no microns-per-pixel metadata; pass --slide-mpp "
+                f"{path}: {what} has no microns-per-pixel metadata{note}; pass --slide-mpp{one_level} "
                 "(e.g. 0.25 for a 40x scan, 0.5 for 20x) if you know it. medconv never guesses."
             )
         try:
@@ -107,7 +111,8 @@ def tile_slide(path: Path, out_dir: Path, name: str, options: TileOptions) -> di
     paths = output_paths(out_dir, name)
     tissue_mm2 = float(mask.sum()) * (mask_ds * reader.mpp) ** 2 / 1e6
     write_mask_png(paths["mask"], mask, mask_ds)
-    write_png(paths["qc"], qc_overlay(thumb, mask_ds, mask, positions, plan.patch_size_level0))
+    # the text chunk marks it as ours, so a later `medconv tile` over this folder does not take it for a slide
+    write_png(paths["qc"], qc_overlay(thumb, mask_ds, mask, positions, plan.patch_size_level0), {"medconv.kind": "qc"})
     level_dim = tuple(int(v) for v in reader.level_dimensions[plan.level])
     attrs = {
         # CLAM
@@ -151,10 +156,13 @@ def tile_slide(path: Path, out_dir: Path, name: str, options: TileOptions) -> di
 
 
 def _remove_stale_temps(out_dir: Path, name: str) -> None:
-    """Temp files left by an interrupted run of this slide (the slide is being redone)."""
+    """Temp files left by an interrupted run of this slide (the slide is being redone): `atomic.temp_name`'s
+    `.<stem>.<pid>.tmp<suffix>` and the `.<name>.<pid>.tmp` that medconv wrote before."""
     for path in output_paths(out_dir, name).values():
-        for tmp in out_dir.glob(glob.escape(f".{path.name}.") + "*.tmp"):
-            tmp.unlink(missing_ok=True)
+        patterns = (glob.escape(f".{path.stem}.") + "*.tmp" + glob.escape(path.suffix), glob.escape(f".{path.name}.") + "*.tmp")
+        for pattern in patterns:
+            for tmp in out_dir.glob(pattern):
+                tmp.unlink(missing_ok=True)
 
 
 def _tissue(reader: Any, mask_mpp: float) -> tuple[np.ndarray, np.ndarray, float]:
@@ -181,7 +189,7 @@ def tile_slide_safe(path: str, out_dir: str, name: str, options: TileOptions) ->
     start = time.perf_counter()
     try:
         return tile_slide(Path(path), Path(out_dir), name, options)
-    except Exception as err:  # noqa: BLE001 - recorded per slide, the run goes on
+    except Exception as err:
         message = str(err) if isinstance(err, MedconvError) else f"{type(err).__name__}: {err}"
         if not isinstance(err, MedconvError):
             frame = traceback.extract_tb(err.__traceback__)[-1]

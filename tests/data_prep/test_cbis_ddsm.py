@@ -13,7 +13,7 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from data_prep import cbis_ddsm
+from medconv.data_prep import cbis_ddsm
 from medconv.errors import InputFileError
 from medconv.io.mammo import read_mammogram
 

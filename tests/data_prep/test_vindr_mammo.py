@@ -11,7 +11,7 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from data_prep import vindr_mammo
+from medconv.data_prep import vindr_mammo
 from medconv.errors import InputFileError
 from medconv.io.mammo import read_mammogram
 

@@ -15,6 +15,7 @@ OVERRIDES = {
     "quickstart_cpu.yaml": "mammo_convnext.yaml",
     "tests/tiny_mammo.yaml": ["mammo_convnext.yaml", "quickstart_cpu.yaml"],
     "tests/tiny_wsi.yaml": "wsi_convnext.yaml",
+    "tests/tiny_mammo_patches.yaml": "mammo_patches_convnext.yaml",
 }
 PIECE_DIRS = ("base", "backbones")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from medconv.lightning_cli import run_lightning
 
@@ -37,7 +38,12 @@ def _args(data_dir: Path, root: Path, *extra: str) -> list[str]:
 
 
 def _run_dirs(root: Path) -> list[Path]:
-    return sorted((root / "mammo_convnext").glob("version_*"))
+    # The last --config names the run (here the test override), not the first.
+    return sorted((root / "tiny_mammo").glob("version_*"))
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and "eval" not in p.parts}
 
 
 def test_fit_learns_and_writes_outputs(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,15 +58,64 @@ def test_fit_learns_and_writes_outputs(data_dir: Path, tmp_path: Path, capsys: p
     assert {"auroc", "auprc", "bal_acc", "sens_at_90spec", "breast/auroc", "exam/auroc"} <= set(summary["best_val"])
     metrics = pd.read_csv(run / "metrics.csv")
     assert metrics["val/auroc"].notna().sum() == metrics["epoch"].max() + 1 > 1
+    # "Best" is the checkpoint monitor's: the summary's best epoch is the one with the highest val/auroc.
+    best_epoch = int(metrics.loc[metrics["val/auroc"].idxmax(), "epoch"])
+    assert summary["monitor"] == "val/auroc" and int(summary["best_val"]["epoch"]) == best_epoch
+    before = _snapshot(run)
 
-    # Held-out test split, never seen in training or model selection.
-    run_lightning(["test", *_args(data_dir, tmp_path), "--ckpt_path", summary["best_checkpoint"]])
-    test_run = _run_dirs(tmp_path)[-1]
-    tested = pd.read_csv(test_run / "metrics.csv")
-    auroc = float(tested["test/auroc"].dropna().iloc[-1])
-    assert auroc >= 0.8, f"test AUROC {auroc:.3f} on held-out patients"
-    predictions = pd.read_csv(test_run / "test_predictions.csv")
-    assert {"image_id", "patient_id", "exam_id", "laterality", "prob_1", "label_index"} <= set(predictions.columns)
+    # Held-out test split through the run's own saved config and `best`: a folder of its own, the run untouched.
+    run_lightning(["test", "--config", str(run / "config.yaml"), "--ckpt_path", "best"])
+    assert _snapshot(run) == before, "testing changed or deleted a file of the training run"
+    (test_dir,) = (run / "eval").glob("test-*")
+    report = json.loads((test_dir / "test_metrics.json").read_text())
+    assert report["checkpoint"] == summary["best_checkpoint"]
+    m = report["metrics"]
+    assert m["auroc"] >= 0.8, f"test AUROC {m['auroc']:.3f} on held-out patients"
+    assert m["auroc_ci_low"] <= m["auroc"] <= m["auroc_ci_high"] and m["breast/auprc_ci_low"] <= m["breast/auprc"]
+    assert (test_dir / "roc_test.png").is_file() and (test_dir / "config.yaml").is_file()
+    predictions = pd.read_csv(test_dir / "test_predictions.csv")
+    assert {"image_id", "patient_id", "exam_id", "laterality", "prob_1", "label_index", "label", "pred"} <= set(predictions.columns)
+    assert "95% CI" in capsys.readouterr().out
+
+    # An external set: another manifest without a split column is evaluated whole.
+    demo = pd.read_csv(data_dir / "demo" / "manifest.csv", dtype=str, keep_default_na=False)
+    held_out = set(predictions["patient_id"].astype(str))
+    external = demo[demo["patient_id"].isin(held_out)].drop(columns=["split"], errors="ignore")
+    ext_csv = tmp_path / "external" / "ext.csv"
+    ext_csv.parent.mkdir()
+    external.assign(image_path=[str(data_dir / "demo" / p) for p in external["image_path"]],
+                    mask_path=[str(data_dir / "demo" / p) if p else "" for p in external["mask_path"]]).to_csv(ext_csv, index=False)
+    run_lightning(["test", "--config", str(run / "config.yaml"), "--ckpt_path", "best", "--data.init_args.manifest", str(ext_csv)])
+    assert _snapshot(run) == before
+    ext_dir = max((run / "eval").glob("test-*"), key=lambda p: p.stat().st_mtime)
+    assert ext_dir != test_dir
+    ext_predictions = pd.read_csv(ext_dir / "test_predictions.csv")
+    assert len(ext_predictions) == len(external) and set(ext_predictions["patient_id"].astype(str)) == held_out
+    assert json.loads((ext_dir / "test_metrics.json").read_text())["manifest"] == str(ext_csv)
+
+    # The training manifest itself is no external test set: refused, naming the overlap.
+    whole = tmp_path / "external" / "all.csv"
+    demo.drop(columns=["split"], errors="ignore").assign(
+        image_path=[str(data_dir / "demo" / p) for p in demo["image_path"]],
+        mask_path=[str(data_dir / "demo" / p) if p else "" for p in demo["mask_path"]]).to_csv(whole, index=False)
+    result = _medconv("test", "--config", str(run / "config.yaml"), "--ckpt_path", "best", "--data.init_args.manifest", str(whole), cwd=tmp_path)
+    assert result.returncode == 2 and "training or validation split" in result.stderr and "Traceback" not in result.stderr
+    assert _snapshot(run) == before
+
+
+def test_eval_refuses_bad_checkpoints_clearly(data_dir: Path, tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self):  # runs on unpickling unless the loader refuses code
+            return (print, ("this line must never print",))
+
+    tampered = tmp_path / "tampered.ckpt"
+    torch.save({"state_dict": {}, "extra": Payload()}, tampered)
+    for ckpt, expected in ((tampered, "holds Python objects other than weights"), (tmp_path / "none.ckpt", "checkpoint not found"),
+                           ("best", "needs the run it belongs to")):
+        result = _medconv("test", *_args(data_dir, tmp_path), "--ckpt_path", str(ckpt), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert expected in result.stderr and "Traceback" not in result.stderr
+        assert "must never print" not in result.stdout
 
 
 def test_stop_and_resume_equals_uninterrupted(data_dir: Path, tmp_path: Path) -> None:

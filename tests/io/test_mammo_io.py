@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import cv2
@@ -110,6 +111,62 @@ def test_png_normalised_by_its_bit_depth(tmp_path: Path, dtype, maxval: int) -> 
     m = read_mammogram(path)
     np.testing.assert_allclose(m.pixels, RAMP, atol=1 / maxval)
     assert m.bits_stored == np.dtype(dtype).itemsize * 8 and m.pixel_spacing_mm is None
+
+
+def _with_sbit(png: bytes, bits: int) -> bytes:
+    """Insert an sBIT chunk (one grey entry) before the first IDAT, as a DICOM-to-PNG converter writes it."""
+    pos = 8
+    while png[pos + 4 : pos + 8] != b"IDAT":
+        pos += 12 + int.from_bytes(png[pos : pos + 4], "big")
+    body = b"sBIT" + bytes([bits])
+    return png[:pos] + (1).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big") + png[pos:]
+
+
+def _png(path: Path, values: np.ndarray, sbit: int | None = None) -> Path:
+    ok, buf = cv2.imencode(".png", values)
+    assert ok
+    path.write_bytes(buf.tobytes() if sbit is None else _with_sbit(buf.tobytes(), sbit))
+    return path
+
+
+@pytest.mark.parametrize("sbit", [None, 12], ids=["inferred", "sBIT"])
+def test_12_bit_values_in_a_16_bit_png_use_the_full_range(tmp_path: Path, sbit: int | None) -> None:
+    # Regression: raw 12-bit detector values in a 16-bit PNG were divided by 65535 (maximum 0.06).
+    path = _png(tmp_path / "im12.png", np.round(RAMP * 4095).astype(np.uint16), sbit)
+    m = read_mammogram(path)
+    assert m.pixels.max() == pytest.approx(1.0) and m.bits_stored == 12
+    np.testing.assert_allclose(m.pixels, RAMP, atol=1 / 4095)
+
+
+@pytest.mark.parametrize("bits", [10, 14])
+def test_png_depth_inferred_from_the_values_without_sbit(tmp_path: Path, bits: int) -> None:
+    maxval = 2**bits - 1
+    m = read_mammogram(_png(tmp_path / "im.png", np.round(RAMP * maxval).astype(np.uint16)))
+    assert m.bits_stored == bits
+    np.testing.assert_allclose(m.pixels, RAMP, atol=1 / maxval)
+
+
+def test_sbit_with_samples_scaled_as_the_png_spec_asks(tmp_path: Path) -> None:
+    # 12-bit precision scaled to the full 16-bit range (what the spec prescribes): not stretched again.
+    scaled = np.round(np.round(RAMP * 4095) * (65535 / 4095)).astype(np.uint16)
+    m = read_mammogram(_png(tmp_path / "scaled.png", scaled, sbit=12))
+    assert m.bits_stored == 12
+    np.testing.assert_allclose(m.pixels, RAMP, atol=1 / 4095)
+
+
+def test_sbit_16_keeps_a_dark_16_bit_png_dark(tmp_path: Path) -> None:
+    dark = np.full((8, 8), 3000, np.uint16)
+    assert read_mammogram(_png(tmp_path / "inferred.png", dark)).pixels.max() == pytest.approx(3000 / 4095)
+    pinned = read_mammogram(_png(tmp_path / "pinned.png", dark, sbit=16))
+    assert pinned.bits_stored == 16 and pinned.pixels.max() == pytest.approx(3000 / 65535)
+
+
+def test_8_bit_png_with_sbit_of_its_own_depth_is_unchanged(tmp_path: Path) -> None:
+    values = np.round(RAMP * 100).astype(np.uint8)  # dark, but 8-bit PNGs are never re-judged
+    for sbit in (None, 8):
+        m = read_mammogram(_png(tmp_path / f"im{sbit}.png", values, sbit))
+        assert m.bits_stored == 8
+        np.testing.assert_allclose(m.pixels, values / 255.0, atol=1e-6)
 
 
 def test_pgm_normalised_by_its_maxval(tmp_path: Path) -> None:

@@ -1,11 +1,12 @@
-"""INPUT expansion: files, folders, globs, DICOM series, clashing output names."""
+"""INPUT expansion: files, folders, globs, DICOM series, clashing output names, files that are not slides."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from medconv.errors import InputFileError
-from medconv.tiling.inputs import find_slides, slide_name
+from medconv.tiling.inputs import find_inputs, find_slides, slide_name
 
 
 def test_slide_name():
@@ -28,6 +29,36 @@ def test_folders_globs_and_files(tmp_path):
     assert [name for name, _ in got] == ["odd", "s1", "s2"]
 
 
+def test_folder_files_that_are_not_slides_are_reported(tmp_path):
+    """Files a folder search does not take come back with a reason (the summary lists them), never silently."""
+    from medconv.io.png import write_mask_png
+
+    (tmp_path / "notes.txt").write_text("not a slide")
+    (tmp_path / "scan.PNG").write_bytes(b"x")  # plain images are slides now, whatever the case of the suffix
+    (tmp_path / "photo.jpeg").write_bytes(b"x")
+    (tmp_path / "strips.tif").write_bytes(b"x")
+    (tmp_path / "README").write_text("no extension")
+    (tmp_path / ".demo.12345.tmp.h5").write_bytes(b"x")  # our temp files and hidden files are left out
+    write_mask_png(tmp_path / "old_mask.png", np.ones((4, 4), bool), 16.0)  # a medconv output, not a slide
+    (tmp_path / "case.mrxs").write_bytes(b"x")
+    (tmp_path / "case").mkdir()
+    (tmp_path / "case" / "Data0000.dat").write_bytes(b"x")  # MRXS data files belong to their slide
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "prev_qc.png").write_bytes(b"x")  # the output folder is never searched
+    slides, skipped = find_inputs([str(tmp_path)], exclude=[tmp_path / "out"])
+    assert [name for name, _ in slides] == ["case", "photo", "scan", "strips"]
+    reasons = {p.name: why for p, why in skipped}
+    assert reasons == {
+        "notes.txt": "unknown extension .txt",
+        "README": "no extension",
+        "old_mask.png": "a medconv mask or QC image, not a slide",
+    }
+    with pytest.raises(InputFileError, match="notes.txt: unknown extension .txt"):  # only non-slides: say what they were
+        (tmp_path / "only").mkdir()
+        (tmp_path / "only" / "notes.txt").write_text("x")
+        find_inputs([str(tmp_path / "only")])
+
+
 def test_clashing_names_and_missing_inputs(tmp_path):
     for sub in ("x", "y"):
         (tmp_path / sub).mkdir()
@@ -45,8 +76,12 @@ def test_clashing_names_and_missing_inputs(tmp_path):
 
 @pytest.mark.realdata
 def test_realdata_folder(realdata):
-    names = [name for name, _ in find_slides([str(realdata)])]
-    assert names == ["cmu-1-small-region", "multiframe_camelyon_challenge_image"]
+    slides, skipped = find_inputs([str(realdata)])
+    assert [name for name, _ in slides] == [
+        "almost-white-1", "cmu-1-small-region", "ihc", "multiframe_camelyon_challenge_image", "no-tissue",
+        "tissue-level0-4302-10273-4814-10785",
+    ]
+    assert [(p.name, why) for p, why in skipped] == [("README.md", "unknown extension .md")]
 
 
 def test_dicom_levels_of_one_series_are_one_slide(tmp_path):

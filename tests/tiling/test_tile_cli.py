@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
+from medconv.io.png import read_mask_png
 from medconv.tiling.cli import main
 from medconv.tiling.coords_store import is_complete, read_coords, read_dataset
-from medconv.tiling.images import read_mask_png
 
 SMALL = ["--target-mpp", "1.0", "--tile-size", "64", "--workers", "1"]
 CLAM_KEYS = {"patch_size", "patch_level", "downsample", "level_dim", "downsampled_level_dim", "name", "save_path"}
@@ -98,13 +98,14 @@ def test_resume_skips_finished_and_redoes_incomplete(demo_slides, tmp_path):
     # simulate an interrupted run of demo_001: a half-written store and a temp file
     good = (out / "demo_001.h5").read_bytes()
     (out / "demo_001.h5").write_bytes(good[:300])
-    (out / ".demo_001.h5.12345.tmp").write_bytes(b"partial")
+    (out / ".demo_001.12345.tmp.h5").write_bytes(b"partial")  # medconv.io.atomic's temp name
+    (out / ".demo_001.h5.12345.tmp").write_bytes(b"partial")  # the name older versions used
     assert main([*slides, "--out", str(out), *SMALL]) == 0
     summary = _summary(out)
     assert summary["demo_000"]["status"] == "skipped" and (out / "demo_000.h5").stat().st_mtime_ns == done
     assert summary["demo_000"]["n_tiles"] != ""
     assert summary["demo_001"]["status"] == "ok" and is_complete(out / "demo_001.h5")
-    assert not (out / ".demo_001.h5.12345.tmp").exists()
+    assert not (out / ".demo_001.12345.tmp.h5").exists() and not (out / ".demo_001.h5.12345.tmp").exists()
     # changed parameters or --overwrite redo finished slides
     assert main([slides[0], "--out", str(out), *SMALL, "--overwrite"]) == 0
     assert _summary(out)["demo_000"]["status"] == "ok"
@@ -114,7 +115,7 @@ def test_resume_skips_finished_and_redoes_incomplete(demo_slides, tmp_path):
 
 
 def test_slide_without_mpp_refused_unless_given(tmp_path):
-    from medconv.data.demo_wsi import render_slide
+    from medconv.demo.wsi import render_slide
     from medconv.io.tiff_writer import write_pyramid_tiff
 
     rgb = render_slide(np.random.default_rng(0), 512, 384, tumour=False, pen=False).rgb

@@ -17,8 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medconv.data.tile_dataset import SlideTiles, TileDataset, load_slide_tiles
+from medconv.wsi.tile_dataset import SlideTiles, TileDataset, load_slide_tiles
 from medconv.errors import InputFileError, MedconvError
+from medconv.io.atomic import write_bytes, write_text
 
 
 def slide_sources(coords_dir: Path, manifest: Path | None) -> list[tuple[Path, Path, str]]:
@@ -62,9 +63,7 @@ def export_slide(st: SlideTiles, out_dir: Path, fmt: str, quality: int) -> list[
                 ok, data = cv2.imencode(f".{fmt}", cv2.cvtColor(dataset.read_tile(0, i), cv2.COLOR_RGB2BGR), params)
                 if not ok:
                     raise InputFileError(f"{path}: encoding failed")
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                tmp.write_bytes(np.asarray(data).tobytes())
-                os.replace(tmp, path)
+                write_bytes(path, np.asarray(data).tobytes())
             rows.append({"path": path.relative_to(out_dir).as_posix(), "slide_id": st.slide_id, "x": x, "y": y})
     finally:
         dataset.close()
@@ -99,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     writer = csv.DictWriter(buffer, fieldnames=("path", "slide_id", "x", "y", "label"), lineterminator="\n")
     writer.writeheader()
     writer.writerows(index)
-    tmp = args.out / f".tiles.csv.{os.getpid()}.tmp"
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, args.out / "tiles.csv")
+    write_text(args.out / "tiles.csv", buffer.getvalue())
     print(f"wrote {len(index)} tiles from {len(sources)} slides to {args.out}")
     return 0
 

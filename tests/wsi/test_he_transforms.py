@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medconv.data.he_transforms import IMAGENET_MEAN, IMAGENET_STD, HEAugment, he_train_transforms, to_tensor
+from medconv.wsi.transforms import IMAGENET_MEAN, IMAGENET_STD, HEAugment, he_train_transforms, to_tensor
 
 
 def _tile(size=48):

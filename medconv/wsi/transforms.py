@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import albumentations as A
 import numpy as np
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN  # timm's, so stats travel with the weights
+IMAGENET_STD: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 
 
 @dataclass

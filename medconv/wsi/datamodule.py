@@ -14,9 +14,9 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from medconv.data.datamodule import ClassificationDataModule
-from medconv.data.he_transforms import IMAGENET_MEAN, IMAGENET_STD, HEAugment, he_train_transforms
+from medconv.wsi.transforms import IMAGENET_MEAN, IMAGENET_STD, HEAugment, he_train_transforms
 from medconv.data.manifest import raise_if_problems, read_manifest
-from medconv.data.tile_dataset import UNLABELLED, SlideTiles, TileDataset, load_slide_tiles
+from medconv.wsi.tile_dataset import UNLABELLED, SlideTiles, TileDataset, load_slide_tiles
 from medconv.errors import ConfigError, MedconvError
 
 REQUIRED = ("slide_path", "label", "patient_id")
@@ -99,7 +99,7 @@ class WSITileDataModule(ClassificationDataModule):
 
     def _demo(self) -> tuple[Path, Path]:
         """Demo slides + their coords stores (both reused when already there with the same settings)."""
-        from medconv.data.demo_wsi import generate_demo_slides
+        from medconv.demo.wsi import generate_demo_slides
         from medconv.tiling.slide_tiler import TileOptions, tile_slide
 
         root = Path(self.demo_dir)

@@ -9,13 +9,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from medconv import keys
-from medconv.data.he_transforms import to_tensor
-from medconv.data.tile_dataset import UNLABELLED, TileDataset, load_slide_tiles
+from medconv.wsi.transforms import to_tensor
+from medconv.wsi.tile_dataset import UNLABELLED, TileDataset, load_slide_tiles
 from medconv.io.slide import open_slide
 from medconv.io.tiff_writer import write_pyramid_tiff
 from medconv.tiling.coords_store import write_coords
 from medconv.tiling.geometry import grid_positions, plan_tiles
-from medconv.tiling.images import write_mask_png
+from medconv.io.png import write_mask_png
 
 W, H, MPP = 1024, 768, 0.5
 
@@ -101,7 +101,7 @@ def test_labels_from_mask_and_polygons(slide, tmp_path):
 
 
 def test_augmentation_replays_per_draw(slide):
-    from medconv.data.he_transforms import HEAugment, he_train_transforms
+    from medconv.wsi.transforms import HEAugment, he_train_transforms
 
     root, path = slide
     store, _ = _store(root, path, 1.0, 32, "s1_aug")
@@ -114,7 +114,7 @@ def test_augmentation_replays_per_draw(slide):
 
 
 def test_export_tiles_writes_each_tile_once(slide, tmp_path):
-    from medconv.data.export_tiles import main
+    from medconv.wsi.export_tiles import main
 
     root, path = slide
     coords = tmp_path / "coords"
@@ -141,7 +141,7 @@ def test_datamodule_from_manifest_and_coords_dir(slide, tmp_path):
 
     import pandas as pd
 
-    from medconv.data.wsi_datamodule import WSITileDataModule
+    from medconv.wsi.datamodule import WSITileDataModule
     from medconv.errors import ManifestError
 
     root, path = slide

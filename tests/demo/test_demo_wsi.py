@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from medconv.data.demo_wsi import MASK_DOWNSAMPLE, generate_demo_slides, main
+from medconv.demo.wsi import MASK_DOWNSAMPLE, generate_demo_slides, main
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_manifest_and_openslide(demo):
 def test_tumour_mask_marks_dark_crowded_nuclei(demo):
     import openslide
 
-    from medconv.tiling.images import read_mask_png
+    from medconv.io.png import read_mask_png
     from medconv.tiling.tissue import tissue_mask
 
     means = {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from medconv.cli import dispatch
 
 KINDS = {
-    "mammo": ("medconv.data.demo_mammo", "Screening-like mammogram exams (DICOM + 16-bit PNG) with lesions and a manifest."),
-    "wsi": ("medconv.data.demo_wsi", "Pyramidal tiled JPEG TIFF slides with MPP, tumour regions, masks and a manifest."),
+    "mammo": ("medconv.demo.mammo", "Screening-like mammogram exams (DICOM + 16-bit PNG) with lesions and a manifest."),
+    "wsi": ("medconv.demo.wsi", "Pyramidal tiled JPEG TIFF slides with MPP, tumour regions, masks and a manifest."),
 }
 
 

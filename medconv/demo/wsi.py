@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from medconv.io.tiff_writer import write_pyramid_tiff
+from medconv.io.atomic import write_text
 
 MASK_DOWNSAMPLE = 16
 MANIFEST_COLUMNS = ("slide_path", "label", "patient_id", "mask_path", "mask_downsample", "mpp", "width", "height")
@@ -64,7 +65,7 @@ def generate_demo_slides(
     params = {"seed": seed, "width": width, "height": height, "mpp": mpp, "version": DEMO_VERSION}
     params_path = out / "demo_wsi_params.json"
     same = params_path.exists() and json.loads(params_path.read_text()) == params and not overwrite
-    _write_text(params_path, json.dumps(params))
+    write_text(params_path, json.dumps(params))
     rows = []
     for i in range(n_slides):
         name = f"demo_{i:03d}"
@@ -84,7 +85,7 @@ def generate_demo_slides(
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    return _write_text(out / "manifest.csv", buffer.getvalue())
+    return write_text(out / "manifest.csv", buffer.getvalue())
 
 
 def render_slide(
@@ -253,16 +254,9 @@ def _downsample_mask(mask: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> None:
-    from medconv.tiling.images import write_mask_png
+    from medconv.io.png import write_mask_png
 
     write_mask_png(path, mask, MASK_DOWNSAMPLE)
-
-
-def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:

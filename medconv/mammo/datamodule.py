@@ -9,8 +9,8 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from medconv.data.datamodule import ClassificationDataModule
-from medconv.data.mammo_dataset import MammoDataset, load_prepared
-from medconv.data.mammo_transforms import MammoAugment, mammo_train_transforms
+from medconv.mammo.dataset import MammoDataset, load_prepared
+from medconv.mammo.transforms import MammoAugment, mammo_train_transforms
 from medconv.data.manifest import raise_if_problems, validate_manifest
 from medconv.errors import InputFileError
 
@@ -66,7 +66,7 @@ class MammoDataModule(ClassificationDataModule):
     def manifest_path(self) -> Path:
         if self.manifest is not None:
             return Path(self.manifest)
-        from medconv.data.demo_mammo import generate_demo_mammo
+        from medconv.demo.mammo import generate_demo_mammo
 
         # Smaller demo images keep the breast's physical size (coarser pixels), so lesions stay in proportion.
         spacing = 0.2 * 1024 / self.demo_image_size[0]

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medconv.data.demo_mammo import generate_demo_mammo
-from medconv.data.mammo_prep import breast_mask, infer_laterality, preprocess, transform_boxes, transform_mask
+from medconv.demo.mammo import generate_demo_mammo
+from medconv.mammo.prep import breast_mask, infer_laterality, preprocess, transform_boxes, transform_mask
 from medconv.errors import InputFileError
 from medconv.io.mammo import read_mammogram
 

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medconv.data import demo_mammo
-from medconv.data.demo_mammo import generate_demo_mammo
-from medconv.data.mammo_prep import breast_mask
+from medconv.demo import mammo as demo_mammo
+from medconv.demo import mammo_files
+from medconv.demo.mammo import generate_demo_mammo
+from medconv.mammo.prep import breast_mask
 from medconv.io.mammo import read_mammogram
 
 SMALL = {"n_patients": 4, "seed": 1, "image_size": (256, 200), "pixel_spacing_mm": 0.8}
@@ -106,10 +107,10 @@ def test_every_dicom_encoding_reads_back_the_rendering(tmp_path: Path, bits, mon
     pixels = np.linspace(0.0, 1.0, 40 * 30, dtype=np.float32).reshape(40, 30)
     path = tmp_path / "x.dcm"
     style = {"bits": bits, "mono1": mono1, "rescale": rescale, "window": window}
-    demo_mammo._write_dicom(path, pixels, 0.5, "L", "CC", "P1", [0], **style)
+    mammo_files.write_dicom(path, pixels, 0.5, "L", "CC", "P1", [0], **style)
     m = read_mammogram(path)
     np.testing.assert_allclose(m.pixels, pixels, atol=3 / 2**bits)  # quantisation (and window) steps
     assert (m.laterality, m.view, m.bits_stored, m.pixel_spacing_mm) == ("L", "CC", bits, (0.5, 0.5))
     png = tmp_path / "x.png"
-    demo_mammo._write_png16(png, pixels, bits)
+    mammo_files.write_png16(png, pixels, bits)
     np.testing.assert_allclose(read_mammogram(png).pixels, pixels, atol=1 / 2**bits)

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from medconv import keys
-from medconv.data.mammo_patches import (
+from medconv.mammo.patch_prep import (
     UNLABELLED,
-    MammoPatchDataModule,
     PatchOptions,
     boxes_mask,
     lesion_centred_positions,
     lesion_overlaps,
     plan_patches,
 )
+from medconv.mammo.patches import MammoPatchDataModule
 from medconv.errors import ManifestError
 from medconv.tiling.geometry import mask_fractions
 
@@ -141,3 +141,46 @@ def test_default_spacing_and_bad_boxes(manifest, tmp_path):
     dm = MammoPatchDataModule(manifest=str(manifest), image_size=(16, 16), num_workers=0, cache_dir=None)
     with pytest.raises(ManifestError, match=r"row 3: .*p1.png: boxes '\[\[1, 2, 3\]\]' are not a JSON list"):
         dm.setup("fit")
+
+
+def test_preparation_never_forks_and_threads_give_the_same_plan(manifest, tmp_path, monkeypatch):
+    """Regression: preparation forked a process pool after torch/OpenCV had started their thread pools, and the
+    children hung in cv2.setNumThreads. Workers are threads now; the plan must not depend on how many."""
+    import os
+
+    import torch
+
+    torch.ones(64, 64) @ torch.ones(64, 64)  # thread pools running, as in a training process
+    cv2.resize(np.ones((512, 512), np.float32), (256, 256), interpolation=cv2.INTER_AREA)
+
+    def no_fork():
+        raise AssertionError("patch preparation must not fork")
+
+    def plans(workers: int) -> dict:
+        dm = MammoPatchDataModule(manifest=str(manifest), image_size=(16, 16), num_workers=workers, val_fraction=0.5,
+                                  cache_dir=str(tmp_path / f"cache{workers}"), lesion_patches=3)
+        with monkeypatch.context() as m:
+            m.setattr(os, "fork", no_fork)
+            return dm.prepared()
+
+    serial, threaded = plans(0), plans(2)
+    assert serial.keys() == threaded.keys() and len(serial) == 4
+    for path, res in serial.items():
+        np.testing.assert_array_equal(res["positions"], threaded[path]["positions"])
+        np.testing.assert_array_equal(res["labels"], threaded[path]["labels"])
+
+
+def test_plan_does_not_depend_on_where_the_data_set_lives(manifest, tmp_path):
+    import shutil
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(manifest.parent, moved, ignore=shutil.ignore_patterns("elsewhere", "cache*"))
+
+    def plans(path):
+        dm = MammoPatchDataModule(manifest=str(path), image_size=(16, 16), num_workers=0, val_fraction=0.5,
+                                  cache_dir=None, lesion_patches=3, jitter=0.5)
+        return [(res["positions"], res["labels"]) for res in dm.prepared().values()]
+
+    for (pos_a, lab_a), (pos_b, lab_b) in zip(plans(manifest), plans(moved / manifest.name), strict=True):
+        np.testing.assert_array_equal(pos_a, pos_b)
+        np.testing.assert_array_equal(lab_a, lab_b)

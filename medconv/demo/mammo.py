@@ -28,6 +28,9 @@ import numpy as np
 import pandas as pd
 from scipy import fft
 
+from medconv.demo.mammo_files import png_bytes, write_dicom, write_png16
+from medconv.io.atomic import write_bytes
+
 MANIFEST = "manifest.csv"
 PARAMS = "demo_params.json"
 FORMAT_VERSION = 1
@@ -35,7 +38,6 @@ COLUMNS = [
     "image_path", "label", "patient_id", "exam_id", "laterality", "view",
     "mask_path", "boxes", "lesion_type", "pixel_spacing_mm",
 ]  # fmt: skip
-MG_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage - For Presentation
 
 
 def generate_demo_mammo(
@@ -46,8 +48,10 @@ def generate_demo_mammo(
     pixel_spacing_mm: float = 0.2,
     lesion_contrast: tuple[float, float] = (0.15, 0.4),
     positive_fraction: float = 0.4,
+    patient_prefix: str = "DEMO",
 ) -> Path:
-    """Write the demo set under `out`; return `out/manifest.csv`.
+    """Write the demo set under `out`; return `out/manifest.csv`. Another `seed` and `patient_prefix` make an
+    "external site": new patients whose ids cannot collide with the training set's.
 
     Idempotent: when a manifest written with the same parameters exists it is returned untouched.
     Images and masks are written first, the manifest last, each atomically, so a manifest's
@@ -62,6 +66,7 @@ def generate_demo_mammo(
         "pixel_spacing_mm": float(pixel_spacing_mm),
         "lesion_contrast": [float(lesion_contrast[0]), float(lesion_contrast[1])],
         "positive_fraction": float(positive_fraction),
+        "patient_prefix": str(patient_prefix),
     }
     manifest, params_path = out / MANIFEST, out / PARAMS
     if manifest.is_file() and params_path.is_file():
@@ -75,9 +80,9 @@ def generate_demo_mammo(
     rows = []
     for index in range(n_patients):
         rows += _write_patient(out, index, params)
-    _atomic_write(params_path, (json.dumps(params, indent=1) + "\n").encode())
+    write_bytes(params_path, (json.dumps(params, indent=1) + "\n").encode())
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    _atomic_write(manifest, frame.to_csv(index=False, lineterminator="\n").encode())
+    write_bytes(manifest, frame.to_csv(index=False, lineterminator="\n").encode())
     return manifest
 
 
@@ -119,7 +124,7 @@ def _write_patient(out: Path, index: int, params: dict) -> list[dict]:
         "rescale": bool(rng.random() < 0.4),
         "window": bool(rng.random() < 0.5),
     }
-    patient_id = f"DEMO{index + 1:04d}"
+    patient_id = f"{params.get('patient_prefix', 'DEMO')}{index + 1:04d}"
     exam_id = f"{patient_id}_E1"
     spacing = params["pixel_spacing_mm"]
     (out / "images" / patient_id).mkdir(parents=True, exist_ok=True)
@@ -137,15 +142,15 @@ def _write_patient(out: Path, index: int, params: dict) -> list[dict]:
             if patient.dicom:
                 rel = f"images/{patient_id}/{stem}.dcm"
                 uids = [params["seed"], patient_id]
-                _write_dicom(out / rel, pixels, spacing, lat, view, patient_id, uids, **dicom_style)
+                write_dicom(out / rel, pixels, spacing, lat, view, patient_id, uids, **dicom_style)
             else:
                 rel = f"images/{patient_id}/{stem}.png"
-                _write_png16(out / rel, pixels, dicom_style["bits"])
+                write_png16(out / rel, pixels, dicom_style["bits"])
             mask_rel, boxes = "", []
             if has_lesion:
                 mask_rel = f"masks/{patient_id}/{stem}_mask.png"
                 (out / mask_rel).parent.mkdir(parents=True, exist_ok=True)
-                _atomic_write(out / mask_rel, _png_bytes(lesion.astype(np.uint8) * 255))
+                write_bytes(out / mask_rel, png_bytes(lesion.astype(np.uint8) * 255))
                 ys, xs = np.nonzero(lesion)
                 boxes = [[int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]] if len(xs) else []
             rows.append(
@@ -312,102 +317,6 @@ def _burn_marker(image: np.ndarray, text: str, chest_wall_left: bool) -> None:
             return
 
 
-# --------------------------------------------------------------------------- writers
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique: concurrent writers never collide
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _png_bytes(array: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", array)
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
-
-
-def _write_png16(path: Path, pixels: np.ndarray, bits: int) -> None:
-    """Quantise to `bits` of precision, then scale to the full 16-bit range as the PNG spec asks."""
-    levels = 2**bits - 1
-    q = np.round(pixels * levels)
-    _atomic_write(path, _png_bytes(np.round(q * (65535 / levels)).astype(np.uint16)))
-
-
-def _write_dicom(
-    path: Path,
-    pixels: np.ndarray,
-    spacing: float,
-    lat: str,
-    view: str,
-    patient_id: str,
-    uid_seed: list,
-    *,
-    bits: int,
-    mono1: bool,
-    rescale: bool,
-    window: bool,
-) -> None:
-    """Stored values chosen so that modality LUT, VOI window and MONOCHROME1 inversion give `pixels` back."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    maxval = 2**bits - 1
-    slope, intercept = (2.0, -1000.0) if rescale else (1.0, 0.0)
-    q = 1.0 - pixels if mono1 else pixels
-    if window:  # window over part of the modality range; pydicom's linear window inverts exactly
-        lo_m, span = intercept, slope * maxval
-        w_lo, w_hi = lo_m + 0.05 * span, lo_m + 0.9 * span
-        centre, width = round((w_lo + w_hi) / 2), round(w_hi - w_lo)
-        modality = centre - 0.5 + (q - 0.5) * (width - 1)
-        stored = (modality - intercept) / slope
-    else:
-        stored = q * maxval
-    stored = np.clip(np.round(stored), 0, maxval).astype("<u2")
-
-    study = generate_uid(entropy_srcs=[str(s) for s in uid_seed] + ["study"])
-    sop = generate_uid(entropy_srcs=[str(s) for s in uid_seed] + [lat, view, "sop"])
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MG_PRESENTATION
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = MG_PRESENTATION
-    ds.SOPInstanceUID = sop
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(s) for s in uid_seed] + [lat, view, "series"])
-    ds.PatientID = patient_id
-    ds.PatientName = f"Demo^{patient_id}"
-    ds.StudyDate = "20240101"
-    ds.Modality = "MG"
-    ds.BodyPartExamined = "BREAST"
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.ImageLaterality = lat
-    ds.ViewPosition = view
-    ds.PixelSpacing = [spacing, spacing]
-    ds.ImagerPixelSpacing = [spacing, spacing]
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1" if mono1 else "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
-    if rescale:
-        ds.RescaleSlope = slope
-        ds.RescaleIntercept = intercept
-        ds.RescaleType = "US"
-    if window:
-        ds.WindowCenter = centre
-        ds.WindowWidth = width
-        ds.VOILUTFunction = "LINEAR"
-    ds.PixelData = stored.tobytes()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique: concurrent writers never collide
-    ds.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------- CLI
 
 
@@ -421,10 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lesion-contrast", type=float, nargs=2, default=(0.15, 0.4), metavar=("LO", "HI"),
                         help="lesion contrast range, as a fraction of the breast's intensity range")  # fmt: skip
     parser.add_argument("--positive-fraction", type=float, default=0.4)
+    parser.add_argument("--patient-prefix", default="DEMO", help="patient ids are <prefix>0001, ...: another prefix and "
+                        "seed simulate an external site (e.g. EXT)")
     args = parser.parse_args(argv)
     manifest = generate_demo_mammo(
         args.out, args.n_patients, args.seed, tuple(args.image_size), args.pixel_spacing_mm,
-        tuple(args.lesion_contrast), args.positive_fraction,
+        tuple(args.lesion_contrast), args.positive_fraction, args.patient_prefix,
     )  # fmt: skip
     print(manifest)
     return 0

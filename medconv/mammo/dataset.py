@@ -18,9 +18,10 @@ from torch.utils.data import Dataset
 
 from medconv import keys
 from medconv.data.samplers import decode_draw
+from medconv.io.atomic import save_npy
 
 PREP_VERSION = 1
-MEAN, STD = 0.5, 0.5
+MEAN, STD = 0.5, 0.5  # grey mammograms in [0, 1] -> [-1, 1]; ImageNet RGB stats do not apply
 
 
 def cache_path(cache_dir: str | Path, source: str | Path, image_size: tuple[int, int], laterality: str) -> Path:
@@ -31,7 +32,7 @@ def cache_path(cache_dir: str | Path, source: str | Path, image_size: tuple[int,
 
 def prepare_image(source: str | Path, image_size: tuple[int, int], laterality: str = "") -> np.ndarray:
     """float32 (H, W) in [0, 1]: the breast cropped, chest wall on the left, resized and padded."""
-    from medconv.data.mammo_prep import preprocess
+    from medconv.mammo.prep import preprocess
     from medconv.io.mammo import read_mammogram
 
     mammo = read_mammogram(source)
@@ -49,10 +50,7 @@ def load_prepared(
     if path.exists():
         return np.load(path).astype(np.float32) / 65535.0
     image = prepare_image(source, image_size, laterality)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, np.round(np.clip(image, 0, 1) * 65535).astype(np.uint16))
-    os.replace(tmp, path)
+    save_npy(path, np.round(np.clip(image, 0, 1) * 65535).astype(np.uint16))
     return image
 
 
@@ -85,15 +83,22 @@ class MammoDataset(Dataset):
         if self.transform is not None:
             self.transform.set_random_seed((self.seed * 1_000_003 + draw) % 2**31)
             image = self.transform(image=image)["image"]
-        x = torch.from_numpy((np.ascontiguousarray(image, dtype=np.float32) - MEAN) / STD)[None]
-        if self.in_chans != 1:
-            x = x.expand(self.in_chans, -1, -1).contiguous()
-        return {
-            keys.IMAGE: x,
-            keys.LABEL: int(row["label_index"]),
-            keys.IMAGE_ID: str(row["image_path"]),
-            keys.PATIENT_ID: str(row["patient_id"]),
-            keys.EXAM_ID: str(row.get("exam_id") or row["patient_id"]),
-            keys.LATERALITY: str(row.get("laterality", "")),
-            keys.VIEW: str(row.get("view", "")),
-        }
+        return mammo_sample(image, int(row["label_index"]), row, self.in_chans)
+
+
+def mammo_sample(image: np.ndarray, label: int, row: dict, in_chans: int = 1, **extra: object) -> dict:
+    """The sample dict of a mammogram or a patch of one: normalised tensor plus the ids that per-breast and
+    per-exam metrics group by (an exam defaults to the patient)."""
+    x = torch.from_numpy((np.ascontiguousarray(image, dtype=np.float32) - MEAN) / STD)[None]
+    if in_chans != 1:
+        x = x.expand(in_chans, -1, -1).contiguous()
+    return {
+        keys.IMAGE: x,
+        keys.LABEL: label,
+        keys.IMAGE_ID: str(row["image_path"]),
+        keys.PATIENT_ID: str(row["patient_id"]),
+        keys.EXAM_ID: str(row.get("exam_id") or row["patient_id"]),
+        keys.LATERALITY: str(row.get("laterality", "")),
+        keys.VIEW: str(row.get("view", "")),
+        **extra,
+    }

@@ -19,7 +19,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from medconv import keys
-from medconv.data.he_transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
+from medconv.wsi.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from medconv.data.samplers import decode_draw
 from medconv.errors import InputFileError
 from medconv.io.annotations import polygon_fractions, read_annotations, tumour_region
@@ -111,7 +111,7 @@ def _mask_tile_fractions(
     path: Path, downsample: float | None, coords: np.ndarray, size0: float, attrs: dict[str, Any]
 ) -> np.ndarray:
     """Tumour fraction per tile from a mask PNG; its downsample comes from the manifest, the PNG, or sizes."""
-    from medconv.tiling.images import read_mask_png
+    from medconv.io.png import read_mask_png
 
     try:
         mask, recorded = read_mask_png(path)

@@ -1,0 +1,57 @@
+"""Learning-rate schedules that need the run's length, which only the trainer knows.
+
+A scheduler with `bind_schedule(total_steps, steps_per_epoch)` gets the run length from the task in
+`configure_optimizers`; any other `LRSchedulerCallable` (StepLR, OneCycleLR with its own totals, ...) is
+used as given.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+
+class WarmupCosine(LRScheduler):
+    """Linear warmup from `min_lr_ratio` to the base LR over `warmup_epochs`, then cosine decay back to it.
+
+    Stepped per optimisation step. Until `bind_schedule` is called the factor is 1 (plain base LR).
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        warmup_epochs: float = 1.0,
+        min_lr_ratio: float = 0.01,
+        total_steps: int | None = None,
+        steps_per_epoch: int | None = None,
+        last_epoch: int = -1,
+    ):
+        if warmup_epochs < 0 or not 0 <= min_lr_ratio <= 1:
+            raise ValueError(f"warmup_epochs must be >= 0 and min_lr_ratio in [0, 1], got {warmup_epochs}, {min_lr_ratio}")
+        self.warmup_epochs = warmup_epochs
+        self.min_lr_ratio = min_lr_ratio
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        super().__init__(optimizer, last_epoch)
+
+    def bind_schedule(self, total_steps: int, steps_per_epoch: int) -> None:
+        self.total_steps, self.steps_per_epoch = max(1, total_steps), max(1, steps_per_epoch)
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def factor(self, step: int) -> float:
+        if self.total_steps is None:
+            return 1.0
+        total, floor = self.total_steps, self.min_lr_ratio
+        warmup = min(int(self.warmup_epochs * (self.steps_per_epoch or total)), total - 1)
+        if step < warmup:
+            return floor + (1 - floor) * (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def get_lr(self) -> list[float]:
+        step = max(0, self.last_epoch)
+        return [base * self.factor(step) for base in self.base_lrs]
