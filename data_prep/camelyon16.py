@@ -72,7 +72,7 @@ def build_rows(root: Path, out_dir: Path, val_fraction: float = 0.2, seed: int =
         test = [(p, labels[p.stem]) for p in test_slides]
     splits = list(assign_splits([p.stem for p, _ in train], [int(y == "tumor") for _, y in train], val_fraction, 0.0, seed)) if train else []
     rows, warnings = [], []
-    for (path, label), split in zip(train + test, splits + ["test"] * len(test)):
+    for (path, label), split in zip(train + test, splits + ["test"] * len(test), strict=True):
         folder = "training" if split != "test" else "testing"
         xml = root / folder / "lesion_annotations" / f"{path.stem}.xml"
         if label == "tumor" and not xml.is_file():

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import timm
 import torch
-
-from medconv.bench.machine import cpu_model
 from torch import nn
 
 import medconv.models.gresnet  # noqa: F401  (registers the gresnet* models with timm)
+from medconv.bench.machine import cpu_model
+from medconv.io.atomic import write_text
 from medconv.models.split_norm import ChannelAffine, FusedConv2d
 
 
@@ -80,7 +80,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     if args.threads:
@@ -131,7 +130,7 @@ def run(args: argparse.Namespace) -> dict:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "timm": timm.__version__,
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "split_img_s": round(split_ips, 3),
         "fused_img_s": round(fused_ips, 3),
         "fused_over_split": round(fused_ips / split_ips, 3),
@@ -162,10 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  naive fold : {result['naive_img_s']:10.2f} img/s, fused/naive {result['fused_over_naive']:.3f}x, "
               f"relative max |diff| {result['naive_max_rel_diff']:.3e} (zero padding: wrong at the borders)")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.json)
+        write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -15,69 +15,17 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from medconv.bench.machine import cpu_model
+from medconv.demo.pyramid import generate_slide
 from medconv.errors import InputFileError
+from medconv.io.atomic import write_text
 
 Positions = list[tuple[int, int]]  # level coordinates of region top-left corners
-
-
-# --- synthetic H&E-like slide -------------------------------------------------------------------
-def he_texture(size: int = 1024, seed: int = 0) -> np.ndarray:
-    """Stain-mixed tissue: eosin with fibres, clustered nuclei, lumen holes, sensor noise.
-
-    Flat colour would compress to a few hundred bytes a tile and make every reader look fast; this gives
-    JPEG tiles of realistic size (about 13 KB at q80 for 256 x 256).
-    """
-    import cv2
-
-    rng = np.random.default_rng(seed)
-
-    def smooth(sigma: float) -> np.ndarray:
-        small = max(8, int(size / max(sigma / 4, 1)))
-        n = rng.standard_normal((small, small)).astype(np.float32)
-        n = cv2.GaussianBlur(n, (0, 0), sigma * small / size)
-        n = cv2.resize(n, (size, size), interpolation=cv2.INTER_CUBIC)
-        return n / (n.std() + 1e-6)
-
-    eosin = 0.35 + 0.12 * smooth(40) + 0.08 * smooth(3) + 0.05 * smooth(1)
-    nuclei = np.zeros((size, size), np.float32)
-    count = size * size // 500
-    xs, ys = rng.integers(0, size, count), rng.integers(0, size, count)
-    field = smooth(60)
-    keep = field[ys, xs] > rng.uniform(-1.2, 1.5, count)
-    for x, y in zip(xs[keep], ys[keep]):
-        axes = (int(rng.uniform(3, 7)), int(rng.uniform(2.5, 5)))
-        cv2.ellipse(nuclei, (int(x), int(y)), axes, float(rng.uniform(0, 180)), 0, 360, float(rng.uniform(0.6, 1)), -1)
-    nuclei = cv2.GaussianBlur(nuclei, (0, 0), 1.0) * (1 + 0.25 * smooth(1))
-    holes = np.clip((smooth(25) - 1.3) * 3, 0, 1)
-    haem = (0.08 + 0.9 * np.clip(nuclei, 0, None)) * (1 - holes)
-    eosin = np.clip(eosin, 0, None) * (1 - holes)
-    h_od = np.array([0.65, 0.70, 0.29], np.float32) * 1.6  # Ruifrok & Johnston stain vectors
-    e_od = np.array([0.07, 0.99, 0.11], np.float32) * 1.2
-    od = haem[..., None] * h_od + eosin[..., None] * e_od
-    rgb = 250 * np.exp(-od) + rng.normal(0, 3, (size, size, 3)).astype(np.float32)
-    return np.clip(rgb, 0, 255).astype(np.uint8)
-
-
-def generate_slide(path: str | Path, size: int = 20000, tile: int = 256, quality: int = 80, mpp: float = 0.25) -> Path:
-    """A size x size JPEG pyramid TIFF of H&E-like tissue, streamed tile by tile (level 0 is never held)."""
-    from medconv.io.tiff_writer import write_pyramid_tiff_tiles
-
-    texture = he_texture(min(1024, max(tile * 2, size)))
-    span = texture.shape[0] - tile
-
-    def make_tile(col: int, row: int) -> np.ndarray:
-        rng = np.random.default_rng((col, row))
-        y, x = rng.integers(0, span + 1, 2)
-        t = texture[y : y + tile, x : x + tile]
-        return np.rot90(t, int(rng.integers(4)))
-
-    return write_pyramid_tiff_tiles(path, size, size, make_tile, mpp=mpp, tile=tile, quality=quality)
 
 
 # --- measurements -------------------------------------------------------------------------------
@@ -187,7 +135,6 @@ def max_abs_diff(path: Path, level: int, positions: Positions, tile: int, limit:
     return worst
 
 
-
 def run(path: Path, level: int, tile: int, max_reads: int, min_seconds: float, workers: int) -> dict:
     from medconv.io.slide import open_slide
     from medconv.io.tiff_reader import TiffSlideReader, can_read
@@ -220,7 +167,7 @@ def run(path: Path, level: int, tile: int, max_reads: int, min_seconds: float, w
         "max_abs_diff_vs_openslide": max_abs_diff(path, level, positions, tile),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "loadavg_start": [round(v, 2) for v in os.getloadavg()],
         "workers": workers,
     }
@@ -261,10 +208,7 @@ def report(r: dict) -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

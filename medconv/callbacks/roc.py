@@ -26,7 +26,7 @@ def plot_roc(rows: dict, out_png: Path, groups: dict[str, list[str]] | None = No
     curves = {"image": (probs, labels)}
     for name, columns in (groups or {}).items():
         if all(c in rows for c in columns):
-            _, g_probs, g_labels = aggregate_groups(list(zip(*(rows[c] for c in columns))), probs, labels, reduce)
+            _, g_probs, g_labels = aggregate_groups(list(zip(*(rows[c] for c in columns), strict=True)), probs, labels, reduce)
             curves[f"{name} ({reduce})"] = (g_probs, g_labels)
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, (p, y) in curves.items():

@@ -10,7 +10,7 @@ import numpy as np
 def _group_strata(groups: Sequence[str], labels: Sequence[int]) -> dict[int, list[str]]:
     """Each patient's stratum is its highest label (a patient with any positive image is positive)."""
     best: dict[str, int] = {}
-    for g, y in zip(groups, labels):
+    for g, y in zip(groups, labels, strict=True):
         best[g] = max(best.get(g, y), y)
     strata: dict[int, list[str]] = {}
     for g in sorted(best):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +83,17 @@ def generate_demo_mammo(
     frame = pd.DataFrame(rows, columns=COLUMNS)
     write_bytes(manifest, frame.to_csv(index=False, lineterminator="\n").encode())
     return manifest
+
+
+def demo_manifest(
+    demo_dir: str | Path, n_patients: int, seed: int, image_size: tuple[int, int], lesion_contrast: tuple[float, float]
+) -> Path:
+    """The demo set a datamodule trains on when its manifest is null. Smaller images keep the breast's physical
+    size (coarser pixels), so lesions stay in proportion; the same arguments give the same files, so the
+    patch and whole-image recipes can share one set (and, with the same seed, one split)."""
+    spacing = 0.2 * 1024 / image_size[0]
+    return generate_demo_mammo(Path(demo_dir), n_patients=n_patients, seed=seed, image_size=tuple(image_size),
+                               pixel_spacing_mm=spacing, lesion_contrast=tuple(lesion_contrast))
 
 
 # --------------------------------------------------------------------------- one patient

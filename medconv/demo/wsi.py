@@ -13,7 +13,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -21,8 +20,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from medconv.io.tiff_writer import write_pyramid_tiff
 from medconv.io.atomic import write_text
+from medconv.io.tiff_writer import write_pyramid_tiff
 
 MASK_DOWNSAMPLE = 16
 MANIFEST_COLUMNS = ("slide_path", "label", "patient_id", "mask_path", "mask_downsample", "mpp", "width", "height")
@@ -206,7 +205,7 @@ def _draw_nuclei(rng: np.random.Generator, rgb: np.ndarray, region: np.ndarray, 
     angles = rng.uniform(0, 180, m)
     shade = rng.normal(0, jitter, (m, 1)) + rng.normal(0, jitter / 4, (m, 3))  # darker/lighter, little hue change
     colours = np.clip(np.asarray(colour) + shade, 0, 255).astype(int).tolist()
-    for (x, y), ai, bi, ang, c in zip(pts.tolist(), a.tolist(), b.tolist(), angles.tolist(), colours):
+    for (x, y), ai, bi, ang, c in zip(pts.tolist(), a.tolist(), b.tolist(), angles.tolist(), colours, strict=True):
         cv2.ellipse(rgb, (x, y), (ai, bi), ang, 0, 360, c, -1, cv2.LINE_AA)
 
 

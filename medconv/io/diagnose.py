@@ -94,7 +94,7 @@ def _probe_tiff(path: Path, size: int) -> Probe:
             levels = len(series.levels) if series is not None else 1
             axes = series.axes if series is not None else ""
             shape = series.shape if series is not None else ()
-            ends = [int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts) if c]
+            ends = [int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts, strict=True) if c]
             info = {
                 "w": page.imagewidth, "h": page.imagelength, "bits": page.bitspersample, "spp": page.samplesperpixel,
                 "photometric": int(page.photometric), "tiled": page.is_tiled, "depth": page.imagedepth,

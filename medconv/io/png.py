@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from medconv.io.atomic import atomic_path

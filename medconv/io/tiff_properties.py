@@ -43,7 +43,7 @@ def tiff_properties(page, vendor: str, levels: Sequence) -> dict[str, str]:
         per_unit_um = 1e4 if unit_name == "centimeter" else 25400.0
         props["openslide.mpp-x"] = _fmt(per_unit_um / xres)
         props["openslide.mpp-y"] = _fmt(per_unit_um / yres)
-    for i, (lv, ds) in enumerate(zip(levels, openslide_downsamples(tuple((lv.width, lv.height) for lv in levels)))):
+    for i, (lv, ds) in enumerate(zip(levels, openslide_downsamples(tuple((lv.width, lv.height) for lv in levels)), strict=True)):
         props[f"openslide.level[{i}].downsample"] = str(int(ds)) if ds == int(ds) else repr(ds)
         props[f"openslide.level[{i}].width"] = str(lv.width)
         props[f"openslide.level[{i}].height"] = str(lv.height)

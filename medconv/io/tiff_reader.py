@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -240,7 +240,7 @@ class TiffSlideReader:
         """As openslide-python: the level best for the downsample, whole, then a Lanczos thumbnail."""
         from PIL import Image
 
-        downsample = max(d / m for d, m in zip(self.dimensions, max_size))
+        downsample = max(d / m for d, m in zip(self.dimensions, max_size, strict=True))
         level = 0
         for i, ds in enumerate(self.level_downsamples):
             if ds <= downsample:
@@ -255,7 +255,7 @@ class TiffSlideReader:
         self._fd = -1
         self._drop_cache()
 
-    def __enter__(self) -> "TiffSlideReader":
+    def __enter__(self) -> TiffSlideReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,10 +9,10 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from medconv.data.datamodule import ClassificationDataModule
-from medconv.mammo.dataset import MammoDataset, load_prepared
-from medconv.mammo.transforms import MammoAugment, mammo_train_transforms
 from medconv.data.manifest import raise_if_problems, validate_manifest
 from medconv.errors import InputFileError
+from medconv.mammo.dataset import MammoDataset, load_prepared
+from medconv.mammo.transforms import MammoAugment, mammo_train_transforms
 
 REQUIRED = ("image_path", "label", "patient_id")
 OPTIONAL = ("exam_id", "laterality", "view", "split", "mask_path", "boxes")
@@ -66,14 +66,9 @@ class MammoDataModule(ClassificationDataModule):
     def manifest_path(self) -> Path:
         if self.manifest is not None:
             return Path(self.manifest)
-        from medconv.demo.mammo import generate_demo_mammo
+        from medconv.demo.mammo import demo_manifest
 
-        # Smaller demo images keep the breast's physical size (coarser pixels), so lesions stay in proportion.
-        spacing = 0.2 * 1024 / self.demo_image_size[0]
-        return generate_demo_mammo(
-            Path(self.demo_dir), n_patients=self.demo_patients, seed=self.demo_seed,
-            image_size=self.demo_image_size, pixel_spacing_mm=spacing, lesion_contrast=self.demo_lesion_contrast,
-        )
+        return demo_manifest(self.demo_dir, self.demo_patients, self.demo_seed, self.demo_image_size, self.demo_lesion_contrast)
 
     def load_table(self) -> pd.DataFrame:
         table, problems = self._validated()
@@ -102,7 +97,7 @@ class MammoDataModule(ClassificationDataModule):
         # started torch/OpenCV threads can deadlock.
         with ThreadPoolExecutor(max_workers=max(1, self.num_workers)) as pool:
             errors = list(pool.map(_try_prepare, sources, sides, [size] * len(sources), [self.cache_dir] * len(sources)))
-        problems += [f"row {i + 2}: {err}" for i, err in zip(rows, errors) if err]
+        problems += [f"row {i + 2}: {err}" for i, err in zip(rows, errors, strict=True) if err]
         raise_if_problems(self.manifest_path(), problems)
 
     def make_dataset(self, table: pd.DataFrame, stage: str) -> Dataset:

@@ -32,8 +32,8 @@ def cache_path(cache_dir: str | Path, source: str | Path, image_size: tuple[int,
 
 def prepare_image(source: str | Path, image_size: tuple[int, int], laterality: str = "") -> np.ndarray:
     """float32 (H, W) in [0, 1]: the breast cropped, chest wall on the left, resized and padded."""
-    from medconv.mammo.prep import preprocess
     from medconv.io.mammo import read_mammogram
+    from medconv.mammo.prep import preprocess
 
     mammo = read_mammogram(source)
     side = laterality or mammo.laterality or None

@@ -142,15 +142,9 @@ class MammoPatchDataModule(ClassificationDataModule):
     def manifest_path(self) -> Path:
         if self.manifest is not None:
             return Path(self.manifest)
-        from medconv.demo.mammo import generate_demo_mammo
+        from medconv.demo.mammo import demo_manifest
 
-        # The same demo parameters as MammoDataModule's give the same files, so the patch model and the
-        # whole-image model it initialises can share one demo set (and, with the same seed, one split).
-        spacing = 0.2 * 1024 / self.demo_image_size[0]
-        return generate_demo_mammo(
-            Path(self.demo_dir), n_patients=self.demo_patients, seed=self.demo_seed,
-            image_size=self.demo_image_size, pixel_spacing_mm=spacing, lesion_contrast=self.demo_lesion_contrast,
-        )
+        return demo_manifest(self.demo_dir, self.demo_patients, self.demo_seed, self.demo_image_size, self.demo_lesion_contrast)
 
     def load_table(self) -> pd.DataFrame:
         path = self.manifest_path()
@@ -160,7 +154,7 @@ class MammoPatchDataModule(ClassificationDataModule):
             if column not in table.columns:
                 table[column] = ""
         problems, has_boxes = [], []
-        for i, (source, value) in enumerate(zip(table["image_path"], table["boxes"])):
+        for i, (source, value) in enumerate(zip(table["image_path"], table["boxes"], strict=True)):
             try:
                 has_boxes.append(bool(parse_boxes(value, source)))
             except InputFileError as err:
@@ -185,7 +179,7 @@ class MammoPatchDataModule(ClassificationDataModule):
             root = str(self.manifest_path().parent)  # image paths are built from it (not resolved) too
             results = prepare_all(rows, self.options, self.pixel_spacing_mm, self.cache_dir, self.seed, self.num_workers, root)
             raise_if_problems(self.manifest_path(), [res["error"] for res in results if "error" in res])
-            self._prepared = {r["image_path"]: res for r, res in zip(rows, results)}
+            self._prepared = {r["image_path"]: res for r, res in zip(rows, results, strict=True)}
         return self._prepared
 
     def make_dataset(self, table: pd.DataFrame, stage: str) -> Dataset:

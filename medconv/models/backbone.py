@@ -176,9 +176,9 @@ def _check_mask_units(name: str, model: nn.Module) -> None:
     if tokens is None or unit is None:
         return
     stride = getattr(model, "patch_stride", (1, 1))
-    if any(t % u for t, u in zip(tokens, unit)):
-        multiple = tuple(s * u for s, u in zip(stride, unit))
+    if any(t % u for t, u in zip(tokens, unit, strict=True)):
+        multiple = tuple(s * u for s, u in zip(stride, unit, strict=True))
         raise ConfigError(
             f"{name}: img_size must be a multiple of {multiple} (patch stride x mask unit) per side; "
-            f"got {tuple(t * s for t, s in zip(tokens, stride))}."
+            f"got {tuple(t * s for t, s in zip(tokens, stride, strict=True))}."
         )

@@ -144,7 +144,7 @@ class GResNet(nn.Module):
         self.feature_info = [dict(num_chs=stem_chs[-1], reduction=2, module="stem")]
         dpr = iter(calculate_drop_path_rates(drop_path_rate, sum(layers)))
         in_chs, reduction, stages = stem_chs[-1], 2, []
-        for i, (depth, planes) in enumerate(zip(layers, widths)):
+        for i, (depth, planes) in enumerate(zip(layers, widths, strict=True)):
             blocks = []
             for j in range(depth):
                 stride = 2 if j == 0 else 1  # every stage downsamples, the first one replacing the max pool

@@ -165,7 +165,7 @@ def _dedupe(rows: dict) -> dict:
     if not ids:
         return rows
     seen: dict = {}
-    for i, key in enumerate(zip(ids, rows.get(keys.X, [None] * len(ids)), rows.get(keys.Y, [None] * len(ids)))):
+    for i, key in enumerate(zip(ids, rows.get(keys.X, [None] * len(ids)), rows.get(keys.Y, [None] * len(ids)), strict=True)):
         seen.setdefault(key, i)
     index = sorted(seen.values())
     if len(index) == len(ids):

@@ -95,7 +95,7 @@ def evaluate(
     levels = {"": (rows["probs"], rows["labels"])}
     for group, columns in (groups or {}).items():
         if all(c in rows for c in columns):
-            g_keys = list(zip(*(rows[c] for c in columns)))
+            g_keys = list(zip(*(rows[c] for c in columns), strict=True))
             _, g_probs, g_labels = aggregate_groups(g_keys, rows["probs"], rows["labels"], reduce)
             levels[f"{group}/"] = (g_probs, g_labels)
     out: dict[str, float] = {}

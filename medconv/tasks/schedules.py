@@ -38,7 +38,7 @@ class WarmupCosine(LRScheduler):
 
     def bind_schedule(self, total_steps: int, steps_per_epoch: int) -> None:
         self.total_steps, self.steps_per_epoch = max(1, total_steps), max(1, steps_per_epoch)
-        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 

@@ -9,7 +9,6 @@ renamed, so a file that exists with that flag is never half written.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 

@@ -14,10 +14,10 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from medconv.data.datamodule import ClassificationDataModule
-from medconv.wsi.transforms import IMAGENET_MEAN, IMAGENET_STD, HEAugment, he_train_transforms
 from medconv.data.manifest import raise_if_problems, read_manifest
-from medconv.wsi.tile_dataset import UNLABELLED, SlideTiles, TileDataset, load_slide_tiles
 from medconv.errors import ConfigError, MedconvError
+from medconv.wsi.tile_dataset import UNLABELLED, SlideTiles, TileDataset, load_slide_tiles
+from medconv.wsi.transforms import IMAGENET_MEAN, IMAGENET_STD, HEAugment, he_train_transforms
 
 REQUIRED = ("slide_path", "label", "patient_id")
 OPTIONAL_PATHS = ("coords_path", "mask_path", "annotation_path")

@@ -10,16 +10,15 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from medconv.wsi.tile_dataset import SlideTiles, TileDataset, load_slide_tiles
 from medconv.errors import InputFileError, MedconvError
 from medconv.io.atomic import write_bytes, write_text
+from medconv.wsi.tile_dataset import SlideTiles, TileDataset, load_slide_tiles
 
 
 def slide_sources(coords_dir: Path, manifest: Path | None) -> list[tuple[Path, Path, str]]:
@@ -34,7 +33,7 @@ def slide_sources(coords_dir: Path, manifest: Path | None) -> list[tuple[Path, P
         table = read_manifest(manifest, ["slide_path"], path_columns=["slide_path"], group_column="slide_path")
         ids = table["slide_id"] if "slide_id" in table.columns else [Path(p).stem for p in table["slide_path"]]
         labels = table["label"] if "label" in table.columns else [""] * len(table)
-        known = {sid: (Path(p), lab) for sid, p, lab in zip(ids, table["slide_path"], labels)}
+        known = {sid: (Path(p), lab) for sid, p, lab in zip(ids, table["slide_path"], labels, strict=True)}
     out = []
     for store in stores:
         if store.stem in known:

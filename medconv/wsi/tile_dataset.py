@@ -19,12 +19,12 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from medconv import keys
-from medconv.wsi.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from medconv.data.samplers import decode_draw
 from medconv.errors import InputFileError
 from medconv.io.annotations import polygon_fractions, read_annotations, tumour_region
 from medconv.tiling.coords_store import read_coords
 from medconv.tiling.geometry import mask_fractions
+from medconv.wsi.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 UNLABELLED = -1
 
@@ -45,7 +45,7 @@ class SlideTiles:
     mpp: float | None = None  # only for slides whose file lacks it
     fractions: np.ndarray | None = field(default=None, repr=False)  # tumour fraction per tile, when annotated
 
-    def subset(self, keep: np.ndarray) -> "SlideTiles":
+    def subset(self, keep: np.ndarray) -> SlideTiles:
         fr = None if self.fractions is None else self.fractions[keep]
         return SlideTiles(
             self.slide_path, self.slide_id, self.patient_id, self.coords[keep], self.labels[keep], self.level,

@@ -17,10 +17,10 @@ def test_splits_are_by_patient_and_stratified():
     groups, labels = _patients()
     split = assign_splits(groups, labels, 0.2, 0.1, seed=3)
     for g in set(groups):
-        assert len({s for s, gg in zip(split, groups) if gg == g}) == 1
-    pos = {g for g, y in zip(groups, labels) if y}
+        assert len({s for s, gg in zip(split, groups, strict=True) if gg == g}) == 1
+    pos = {g for g, y in zip(groups, labels, strict=True) if y}
     for name, expected_pos in (("val", 6), ("test", 3)):
-        in_split = {g for g, s in zip(groups, split) if s == name}
+        in_split = {g for g, s in zip(groups, split, strict=True) if s == name}
         assert len(in_split & pos) == expected_pos
         assert len(in_split - pos) == round(70 * (0.2 if name == "val" else 0.1))
 
@@ -40,7 +40,7 @@ def test_label_fractions_are_nested_and_keep_every_class():
     assert (masks[0.01] <= masks[0.1]).all() and (masks[0.1] <= masks[0.5]).all()
     kept = np.array(labels)[masks[0.01]]
     assert set(kept) == {0, 1}
-    kept_patients = {g for g, m in zip(groups, masks[0.1]) if m}
+    kept_patients = {g for g, m in zip(groups, masks[0.1], strict=True) if m}
     assert len(kept_patients) == 2 + 18
 
 

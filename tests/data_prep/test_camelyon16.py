@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medconv.data_prep import camelyon16
 from medconv.data.manifest import read_manifest
+from medconv.data_prep import camelyon16
 from medconv.io.annotations import read_annotations, tumour_region
 from medconv.io.tiff_writer import write_pyramid_tiff
 

@@ -14,8 +14,8 @@ import pytest
 from medconv.demo import mammo as demo_mammo
 from medconv.demo import mammo_files
 from medconv.demo.mammo import generate_demo_mammo
-from medconv.mammo.prep import breast_mask
 from medconv.io.mammo import read_mammogram
+from medconv.mammo.prep import breast_mask
 
 SMALL = {"n_patients": 4, "seed": 1, "image_size": (256, 200), "pixel_spacing_mm": 0.8}
 REQUIRED = ["image_path", "label", "patient_id", "exam_id", "laterality", "view", "mask_path", "boxes"]

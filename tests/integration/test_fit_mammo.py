@@ -162,8 +162,8 @@ def test_unknown_config_key_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_bad_manifest_reports_every_problem(tmp_path: Path) -> None:
-    import numpy as np
     import cv2
+    import numpy as np
 
     good = np.zeros((200, 160), np.uint16)
     good[20:180, :100] = 30000

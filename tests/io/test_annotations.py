@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from medconv.errors import InputFileError
-from medconv.tiling.geometry import mask_fractions
 from medconv.io.annotations import (
     polygon_fractions,
     rasterize,
     read_annotations,
     tumour_region,
 )
+from medconv.tiling.geometry import mask_fractions
 
 ASAP = """<?xml version="1.0"?>
 <ASAP_Annotations>

@@ -60,7 +60,7 @@ def test_streamed_writer_equals_array_writer(tmp_path: Path) -> None:
     b = write_pyramid_tiff_tiles(tmp_path / "b.tiff", 900, 600, make_tile, mpp=0.5, min_size=128)
     with tifffile.TiffFile(a) as ta, tifffile.TiffFile(b) as tb:
         assert len(ta.pages) == len(tb.pages) == 3
-        for pa, pb in zip(ta.pages, tb.pages):
+        for pa, pb in zip(ta.pages, tb.pages, strict=True):
             assert pa.shape == pb.shape
             assert np.array_equal(pa.asarray(), pb.asarray())
     with openslide.OpenSlide(str(b)) as slide:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from medconv import keys
+from medconv.errors import ManifestError
 from medconv.mammo.patch_prep import (
     UNLABELLED,
     PatchOptions,
@@ -18,7 +19,6 @@ from medconv.mammo.patch_prep import (
     plan_patches,
 )
 from medconv.mammo.patches import MammoPatchDataModule
-from medconv.errors import ManifestError
 from medconv.tiling.geometry import mask_fractions
 
 

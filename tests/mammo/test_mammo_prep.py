@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from medconv.demo.mammo import generate_demo_mammo
-from medconv.mammo.prep import breast_mask, infer_laterality, preprocess, transform_boxes, transform_mask
 from medconv.errors import InputFileError
 from medconv.io.mammo import read_mammogram
+from medconv.mammo.prep import breast_mask, infer_laterality, preprocess, transform_boxes, transform_mask
 
 
 def synthetic_breast(h: int = 300, w: int = 240, chest_wall_left: bool = True, marker: bool = True) -> np.ndarray:

@@ -51,7 +51,7 @@ def test_feature_maps_follow_input_shape(family, size):
         maps = backbone.feature_maps(torch.randn(1, 1, *size))
     info = backbone.feature_info
     assert len(maps) == len(info) > 1
-    for fmap, stage in zip(maps, info):
+    for fmap, stage in zip(maps, info, strict=True):
         assert fmap.shape[1] == stage["num_chs"]
         assert tuple(fmap.shape[2:]) == (size[0] // stage["reduction"], size[1] // stage["reduction"])
 

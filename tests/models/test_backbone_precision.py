@@ -61,7 +61,7 @@ def test_trains_under_autocast_with_loss_scaling(family, dtype):
         scaler.update()
         assert torch.isfinite(loss)
     assert all(torch.isfinite(p).all() for p in params)
-    assert any(not torch.equal(p, b) for p, b in zip(params, before))
+    assert any(not torch.equal(p, b) for p, b in zip(params, before, strict=True))
 
 
 class _TinyTask(L.LightningModule):

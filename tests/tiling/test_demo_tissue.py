@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from medconv.demo.wsi import BACKGROUND, render_slide
+from medconv.io.png import read_mask_png
 from medconv.io.tiff_writer import write_pyramid_tiff
 from medconv.tiling.coords_store import read_coords
-from medconv.io.png import read_mask_png
 from medconv.tiling.slide_tiler import TileOptions, tile_slide
 
 WIDTH, HEIGHT, MPP = 1536, 1024, 0.5

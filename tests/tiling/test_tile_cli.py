@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 
 from medconv.io.png import read_mask_png
 from medconv.tiling.cli import main
 from medconv.tiling.coords_store import is_complete, read_coords, read_dataset
+from medconv.tiling.geometry import grid_in_mask
 
 SMALL = ["--target-mpp", "1.0", "--tile-size", "64", "--workers", "1"]
 CLAM_KEYS = {"patch_size", "patch_level", "downsample", "level_dim", "downsampled_level_dim", "name", "save_path"}
@@ -26,14 +28,19 @@ def _summary(out) -> dict[str, dict[str, str]]:
 def _check_store(out, name, min_tissue=0.25):
     coords, attrs = read_coords(out / f"{name}.h5")
     assert CLAM_KEYS | MEDCONV_KEYS <= set(attrs)
-    assert len(coords) > 0
     assert (coords >= 0).all()
     assert (coords[:, 0] + attrs["patch_size_level0"] <= attrs["slide_width"]).all()
     assert (coords[:, 1] + attrs["patch_size_level0"] <= attrs["slide_height"]).all()
     assert (read_dataset(out / f"{name}.h5", "tissue_fraction") >= min_tissue).all()
-    assert (out / f"{name}_qc.png").stat().st_size > 0
     mask, ds = read_mask_png(out / f"{name}_mask.png")
     assert ds == pytest.approx(attrs["mask_downsample"]) and mask.any()
+    # Exactly the grid within the saved tissue mask (no tile missing, none outside), and the summary agrees.
+    expected, _ = grid_in_mask(attrs["slide_width"], attrs["slide_height"], attrs["patch_size_level0"], attrs["stride_level0"],
+                               mask, ds, min_tissue)
+    assert len(expected) and np.array_equal(np.sort(coords, axis=0), np.sort(expected, axis=0))
+    assert int(_summary(out)[name]["n_tiles"]) == len(coords)
+    qc = cv2.imread(str(out / f"{name}_qc.png"))
+    assert qc is not None and qc.ndim == 3 and qc.shape[2] == 3
     return coords, attrs
 
 

@@ -9,13 +9,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from medconv import keys
-from medconv.wsi.transforms import to_tensor
-from medconv.wsi.tile_dataset import UNLABELLED, TileDataset, load_slide_tiles
+from medconv.io.png import write_mask_png
 from medconv.io.slide import open_slide
 from medconv.io.tiff_writer import write_pyramid_tiff
 from medconv.tiling.coords_store import write_coords
 from medconv.tiling.geometry import grid_positions, plan_tiles
-from medconv.io.png import write_mask_png
+from medconv.wsi.tile_dataset import UNLABELLED, TileDataset, load_slide_tiles
+from medconv.wsi.transforms import to_tensor
 
 W, H, MPP = 1024, 768, 0.5
 
@@ -85,12 +85,12 @@ def test_labels_from_mask_and_polygons(slide, tmp_path):
     mask[8:10, 0:4] = True  # level-0 y [128, 160), x [0, 64): half of the tile at (0, 128)
     mask_path = write_mask_png(tmp_path / "m.png", mask, 16)
     st = load_slide_tiles(path, store, label_index=1, mask_path=mask_path)  # downsample read from the PNG
-    label = {tuple(c): int(v) for c, v in zip(st.coords.tolist(), st.labels)}
+    label = {tuple(c): int(v) for c, v in zip(st.coords.tolist(), st.labels, strict=True)}
     assert label[(0, 0)] == label[(64, 64)] == 1
     assert label[(0, 128)] == 1  # half tumour reaches the default threshold of 0.5
     assert label[(128, 0)] == label[(512, 512)] == 0
     strict = load_slide_tiles(path, store, label_index=1, mask_path=mask_path, mask_downsample=16, tumour_threshold=0.75)
-    label = {tuple(c): int(v) for c, v in zip(strict.coords.tolist(), strict.labels)}
+    label = {tuple(c): int(v) for c, v in zip(strict.coords.tolist(), strict.labels, strict=True)}
     assert label[(0, 128)] == UNLABELLED and label[(0, 0)] == 1
 
     geojson = tmp_path / "a.geojson"
@@ -141,8 +141,8 @@ def test_datamodule_from_manifest_and_coords_dir(slide, tmp_path):
 
     import pandas as pd
 
-    from medconv.wsi.datamodule import WSITileDataModule
     from medconv.errors import ManifestError
+    from medconv.wsi.datamodule import WSITileDataModule
 
     root, path = slide
     coords = tmp_path / "coords"
@@ -174,5 +174,5 @@ def test_datamodule_from_manifest_and_coords_dir(slide, tmp_path):
     assert len(per_slide[tumour_slide]) == len(st_coords := train.slides[0].coords) and len(st_coords) > 16
     batch = next(iter(dm.train_dataloader()))
     assert batch[keys.IMAGE].shape == (8, 3, 32, 32)
-    drawn = torch.cat([b[keys.LABEL] for b, _ in zip(dm.train_dataloader(), range(20))])
+    drawn = torch.cat([b[keys.LABEL] for b, _ in zip(dm.train_dataloader(), range(20), strict=False)])
     assert 0.25 < drawn.float().mean() < 0.75  # balanced by tile labels, though only 16 of ~190 tiles are tumour
