@@ -2,8 +2,8 @@
 
 Why: at mammogram and large-tile resolution the N x N attention matrix is what runs out of memory; SDPA's
 flash / memory-efficient kernels never build it. timm already uses SDPA where `fused_attn` is set (Swin's
-is "experimental", so off by default); SwinV2's cosine attention is hand-written in timm, so it gets a
-replacement forward here, and Hiera's windowed stages pass 5-D tensors that only the math kernel takes,
+is "experimental", so off by default, and caps the windows per call); SwinV2's cosine attention is
+hand-written in timm; both get a replacement forward here, and Hiera's windowed stages pass 5-D tensors that only the math kernel takes,
 so they are folded to 4-D here. The kernel choice (`attention: auto|flash|efficient|math`) is applied with
 `torch.nn.attention.sdpa_kernel` around each attention module's forward, so it also holds when gradient
 checkpointing recomputes that forward during backward (outside any context around the model's forward).
@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from timm.layers import set_fused_attn
-from timm.models import hiera, swin_transformer_v2
+from timm.models import hiera, swin_transformer, swin_transformer_v2
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -40,6 +40,46 @@ def sdpa_backends(attention: str) -> list[SDPBackend] | None:
     return KERNELS[attention]
 
 
+# CUDA caps a launch-grid dimension at 65,535: the fused kernels fail beyond that many windows in one call
+# (measured: Swin-T at 2048x1024 stops near batch 23, 2,738 windows per image). Windows are independent, so
+# splitting them into chunks is exact.
+MAX_SDPA_BATCH = 32768
+
+
+def windowed_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, **kwargs) -> torch.Tensor:
+    """SDPA over (windows, heads, tokens, dim), in chunks of at most MAX_SDPA_BATCH windows."""
+    n = q.shape[0]
+    if n <= MAX_SDPA_BATCH:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, **kwargs)
+    out = []
+    for start in range(0, n, MAX_SDPA_BATCH):
+        part = slice(start, min(n, start + MAX_SDPA_BATCH))
+        mask = attn_mask if attn_mask is None or attn_mask.shape[0] == 1 else attn_mask[part]
+        out.append(F.scaled_dot_product_attention(q[part], k[part], v[part], attn_mask=mask, **kwargs))
+    return torch.cat(out)
+
+
+def _window_mask(bias: torch.Tensor, mask: torch.Tensor | None, windows: int, tokens: int) -> torch.Tensor:
+    """Position bias (1, heads, N, N) plus the shifted-window mask (num_win, N, N), broadcast over heads."""
+    if mask is None:
+        return bias
+    num_win = mask.shape[0]
+    mask = mask.view(1, num_win, 1, tokens, tokens).expand(windows // num_win, -1, -1, -1, -1)
+    return bias + mask.reshape(windows, 1, tokens, tokens)
+
+
+class SdpaWindowAttention(swin_transformer.WindowAttention):
+    """Swin (v1) window attention through `windowed_sdpa`: timm's fused path, with the shift mask broadcast over
+    heads instead of copied per head, and any number of windows. Same parameters and state dict as timm's."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B_, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        attn_mask = _window_mask(self._get_rel_pos_bias(), mask, B_, N)
+        x = windowed_sdpa(q, k, v, attn_mask.to(q.dtype), dropout_p=self.attn_drop.p if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B_, N, -1)))
+
+
 class SdpaWindowAttentionV2(swin_transformer_v2.WindowAttention):
     """SwinV2 window attention (cosine similarity, per-head logit scale, continuous position bias) via SDPA.
 
@@ -52,7 +92,9 @@ class SdpaWindowAttentionV2(swin_transformer_v2.WindowAttention):
         table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
         area = self.window_size[0] * self.window_size[1]
         bias = table[self.relative_position_index.view(-1)].view(area, area, -1).permute(2, 0, 1)
-        return (16 * torch.sigmoid(bias)).unsqueeze(0)  # 1, nH, N, N
+        # contiguous: a permuted bias has last-dim stride nH, which CUDA's fused kernels refuse ("No available
+        # kernel" for efficient; silent math fallback for auto), measured on an H200.
+        return (16 * torch.sigmoid(bias)).contiguous().unsqueeze(0)  # 1, nH, N, N
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B_, N, C = x.shape
@@ -69,19 +111,9 @@ class SdpaWindowAttentionV2(swin_transformer_v2.WindowAttention):
         logit_scale = torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()  # nH, 1, 1
         q = F.normalize(q, dim=-1) * logit_scale
         k = F.normalize(k, dim=-1)
-        attn_mask = self._position_bias()
-        if mask is not None:
-            num_win = mask.shape[0]
-            mask = mask.view(1, num_win, 1, N, N).expand(B_ // num_win, -1, -1, -1, -1).reshape(B_, 1, N, N)
-            attn_mask = attn_mask + mask
-        x = F.scaled_dot_product_attention(
-            q,
-            k,
-            v.to(q.dtype),
-            attn_mask=attn_mask.to(q.dtype),
-            dropout_p=self.attn_drop.p if self.training else 0.0,
-            scale=1.0,
-        )
+        attn_mask = _window_mask(self._position_bias(), mask, B_, N)
+        dropout = self.attn_drop.p if self.training else 0.0
+        x = windowed_sdpa(q, k, v.to(q.dtype), attn_mask.to(q.dtype), dropout_p=dropout, scale=1.0)
         x = x.transpose(1, 2).reshape(B_, N, C)
         return self.proj_drop(self.proj(x))
 
@@ -113,6 +145,7 @@ class SdpaMaskUnitAttention(hiera.MaskUnitAttention):
 
 
 REPLACEMENTS: dict[type, type] = {
+    swin_transformer.WindowAttention: SdpaWindowAttention,
     swin_transformer_v2.WindowAttention: SdpaWindowAttentionV2,
     hiera.MaskUnitAttention: SdpaMaskUnitAttention,
 }

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from timm.models import swin_transformer_v2
+from timm.models import swin_transformer, swin_transformer_v2
 
 from medconv.errors import ConfigError
 from medconv.models import TimmBackbone, sdpa_backends
@@ -150,3 +150,34 @@ def test_hiera_windowed_attention_rewrite_equals_timm():
     x = torch.randn(2, 1, 64, 128)
     with torch.no_grad():
         torch.testing.assert_close(backbone(x), reference(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_swin_v1_rewrite_equals_timm_attention_and_chunks_exactly(shifted, monkeypatch):
+    from medconv.models import attention
+
+    torch.manual_seed(0)
+    window, heads, dim = (4, 4), 2, 16
+    original = swin_transformer.WindowAttention(dim, num_heads=heads, window_size=window).eval()
+    original.fused_attn = False  # timm's explicit softmax path is the reference
+    with torch.no_grad():
+        original.relative_position_bias_table.normal_()
+    rewritten = swin_transformer.WindowAttention(dim, num_heads=heads, window_size=window).eval()
+    rewritten.load_state_dict(original.state_dict())
+    rewritten.__class__ = attention.SdpaWindowAttention
+    num_win, batch, n = 3, 3, window[0] * window[1]
+    x = torch.randn(num_win * batch, n, dim)
+    mask = torch.zeros(num_win, n, n).masked_fill(torch.rand(num_win, n, n) > 0.7, -100.0) if shifted else None
+    with torch.no_grad():
+        expected = original(x, mask)
+        torch.testing.assert_close(rewritten(x, mask), expected, atol=1e-5, rtol=1e-5)
+        # More windows than one kernel call may take: split into chunks (here of 4 of the 9), same result.
+        monkeypatch.setattr(attention, "MAX_SDPA_BATCH", 4)
+        torch.testing.assert_close(rewritten(x, mask), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_swinv2_bias_is_contiguous_for_the_fused_kernels():
+    module = swin_transformer_v2.WindowAttention(16, window_size=(4, 4), num_heads=2)
+    module.__class__ = SdpaWindowAttentionV2
+    bias = module._position_bias()
+    assert bias.shape == (1, 2, 16, 16) and bias.is_contiguous()
