@@ -46,6 +46,37 @@ class SplitNormConv2d(nn.Module):
         return self.affine(self.conv(self.norm(x)))
 
     @torch.no_grad()
+    def adapt_input_state(self, state: dict[str, torch.Tensor], prefix: str, in_chans: int) -> list[str]:
+        """Adapt this module's entries of `state` (RGB weights, before timm's `adapt_input_conv` sums or repeats
+        `conv.weight`) to `in_chans` inputs; returns what was changed, for the weight report.
+
+        For 1 channel the RGB scales 1/std_c go into the conv weights before they are summed and the mean
+        differences into the affine bias: a grey image gives the RGB model's answer on it repeated, exactly when
+        the channel means agree and otherwise away from the zero padding. More channels repeat the statistics
+        as the weights are repeated.
+        """
+        mean_key, var_key = f"{prefix}.norm.running_mean", f"{prefix}.norm.running_var"
+        conv_key, bias_key, scale_key = f"{prefix}.conv.weight", f"{prefix}.affine.bias", f"{prefix}.affine.weight"
+        mean, var, weight = state.get(mean_key), state.get(var_key), state.get(conv_key)
+        if mean is None or var is None or weight is None or len(mean) != weight.shape[1]:
+            return []
+        change = f"{tuple(mean.shape)} -> ({in_chans},)"
+        if in_chans != 1:
+            index = torch.arange(in_chans) % len(mean)
+            state[mean_key], state[var_key] = mean[index], var[index]
+            return [f"{mean_key}: {change} repeated", f"{var_key}: {change} repeated"]
+        new_mean, new_var = mean.double().mean(), var.double().mean()
+        scaled = weight.double() / (var.double() + self.norm.eps).sqrt().view(1, -1, 1, 1)
+        state[conv_key] = (scaled * (new_var + self.norm.eps).sqrt()).to(weight.dtype)
+        state[mean_key], state[var_key] = new_mean.view(1).to(mean.dtype), new_var.view(1).to(var.dtype)
+        done = [f"{mean_key}: {change} averaged", f"{var_key}: {change} averaged, scales folded into the conv"]
+        if bool((mean != mean[0]).any()) and bias_key in state and scale_key in state:
+            shift = (scaled * (new_mean - mean.double()).view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
+            state[bias_key] = (state[bias_key].double() + state[scale_key].double() * shift).to(state[bias_key].dtype)
+            done.append(f"{bias_key}: RGB mean differences folded in")
+        return done
+
+    @torch.no_grad()
     def fuse(self) -> FusedConv2d:
         """One conv with bias equal to this module in eval mode (running statistics), borders included."""
         conv, norm, affine = self.conv, self.norm, self.affine

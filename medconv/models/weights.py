@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from medconv.errors import ConfigError, InputFileError
-from medconv.models.split_norm import SplitNormConv2d
 
 log = logging.getLogger(__name__)
 
@@ -148,42 +147,13 @@ def _adapt_input_convs(state: dict[str, torch.Tensor], target: dict[str, torch.T
         if weight.shape[0] != want.shape[0] or weight.shape[2:] != want.shape[2:]:
             continue  # another width or kernel, not another input: left to be reported as a mismatch
         base, in_chans = weight.shape[1], want.shape[1]
-        norm = _adapt_input_norm(state, model, key, in_chans)
+        owner = key.removesuffix(".weight").rpartition(".")[0]
+        # A stem that normalises its own input (GResNet's split norm) adapts its statistics with the weights.
+        adapt_norm = getattr(model.get_submodule(owner), "adapt_input_state", None) if owner else None
+        norm = adapt_norm(state, owner, in_chans) if adapt_norm is not None else []
         state[key] = adapt_input_conv(in_chans, state[key], base_chans=base)
         how = f"summed over {'RGB' if base == 3 else f'{base} channels'}" if in_chans == 1 else "repeated and rescaled"
         done += [f"{key}: {tuple(weight.shape)} -> {tuple(want.shape)} {how}", *norm]
-    return done
-
-
-def _adapt_input_norm(state: dict[str, torch.Tensor], model: nn.Module, conv_key: str, in_chans: int) -> list[str]:
-    """GResNet's stem conv normalises its raw input per channel (split norm): adapt those statistics with it.
-
-    For 1 channel the RGB scales 1/std_c go into the conv weights before they are summed and the mean
-    differences into the affine bias: a grey image gives the RGB model's answer on it repeated, exactly when the
-    channel means agree and otherwise away from the zero padding. More channels repeat them as the weights do.
-    """
-    owner = conv_key.removesuffix(".weight").rpartition(".")[0]
-    module = model.get_submodule(owner) if owner else None
-    mean_key, var_key, bias_key = f"{owner}.norm.running_mean", f"{owner}.norm.running_var", f"{owner}.affine.bias"
-    mean, var, weight = state.get(mean_key), state.get(var_key), state[conv_key]
-    if not isinstance(module, SplitNormConv2d) or mean is None or var is None or len(mean) != weight.shape[1]:
-        return []
-    change = f"{tuple(mean.shape)} -> ({in_chans},)"
-    if in_chans != 1:
-        index = torch.arange(in_chans) % len(mean)
-        state[mean_key], state[var_key] = mean[index], var[index]
-        return [f"{mean_key}: {change} repeated", f"{var_key}: {change} repeated"]
-    eps = module.norm.eps
-    new_mean, new_var = mean.double().mean(), var.double().mean()
-    scaled = weight.double() / (var.double() + eps).sqrt().view(1, -1, 1, 1)
-    state[conv_key] = (scaled * (new_var + eps).sqrt()).to(weight.dtype)
-    state[mean_key], state[var_key] = new_mean.view(1).to(mean.dtype), new_var.view(1).to(var.dtype)
-    done = [f"{mean_key}: {change} averaged", f"{var_key}: {change} averaged, scales folded into the conv"]
-    scale_key = f"{owner}.affine.weight"
-    if bool((mean != mean[0]).any()) and bias_key in state and scale_key in state:
-        shift = (scaled * (new_mean - mean.double()).view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
-        state[bias_key] = (state[bias_key].double() + state[scale_key].double() * shift).to(state[bias_key].dtype)
-        done.append(f"{bias_key}: RGB mean differences folded in")
     return done
 
 
