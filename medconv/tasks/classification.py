@@ -4,6 +4,7 @@ from the config, and evaluation rows that the output callbacks (medconv.callback
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -13,6 +14,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from medconv import keys
+from medconv.errors import ConfigError
 from medconv.tasks.metrics import REDUCERS, evaluate
 from medconv.tasks.schedules import WarmupCosine
 
@@ -45,16 +47,16 @@ class ClassificationModule(L.LightningModule):
         criterion: nn.Module | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosine,
-        scheduler_interval: str = "step",
+        scheduler_interval: Literal["step", "epoch"] = "step",
         head_dropout: float = 0.0,
         eval_groups: dict[str, list[str]] | None = None,
-        group_reduce: str = "max",
+        group_reduce: Literal["max", "mean"] = "max",
     ):
         super().__init__()
         if group_reduce not in REDUCERS:
-            raise ValueError(f"group_reduce must be one of {sorted(REDUCERS)}, not {group_reduce!r}")
+            raise ConfigError(f"group_reduce must be one of {sorted(REDUCERS)}, not {group_reduce!r}")
         if scheduler_interval not in ("step", "epoch"):
-            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', not {scheduler_interval!r}")
+            raise ConfigError(f"scheduler_interval must be 'step' or 'epoch', not {scheduler_interval!r}")
         self.save_hyperparameters(ignore=["backbone", "criterion", "optimizer", "scheduler"])
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone.num_features, num_classes))

@@ -12,6 +12,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from medconv.errors import ConfigError
+
 
 class WarmupCosine(LRScheduler):
     """Linear warmup from `min_lr_ratio` to the base LR over `warmup_epochs`, then cosine decay back to it.
@@ -29,7 +31,7 @@ class WarmupCosine(LRScheduler):
         last_epoch: int = -1,
     ):
         if warmup_epochs < 0 or not 0 <= min_lr_ratio <= 1:
-            raise ValueError(f"warmup_epochs must be >= 0 and min_lr_ratio in [0, 1], got {warmup_epochs}, {min_lr_ratio}")
+            raise ConfigError(f"warmup_epochs must be >= 0 and min_lr_ratio in [0, 1], got {warmup_epochs}, {min_lr_ratio}")
         self.warmup_epochs = warmup_epochs
         self.min_lr_ratio = min_lr_ratio
         self.total_steps = total_steps
