@@ -21,3 +21,18 @@ def test_adapters_import_as_medconv_data_prep() -> None:
     from medconv.data_prep import camelyon16, cbis_ddsm, vindr_mammo
 
     assert all(m.__name__.startswith("medconv.data_prep.") for m in (camelyon16, cbis_ddsm, vindr_mammo))
+
+
+def test_class_paths_saved_by_earlier_runs_still_resolve() -> None:
+    import pytest
+
+    import medconv.data
+    from medconv.callbacks import RunOutputs, RunSummary
+    from medconv.mammo import MammoDataModule
+    from medconv.wsi import WSITileDataModule
+
+    with pytest.warns(FutureWarning, match="medconv.mammo.MammoDataModule"):
+        assert medconv.data.MammoDataModule is MammoDataModule
+    with pytest.warns(FutureWarning, match="medconv.wsi.WSITileDataModule"):
+        assert medconv.data.WSITileDataModule is WSITileDataModule
+    assert RunSummary is RunOutputs
