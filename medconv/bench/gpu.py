@@ -26,7 +26,7 @@ from medconv.bench.isolated import run_command, run_isolated, run_many, run_sear
 from medconv.bench.measure import Config
 from medconv.bench.results import write_results
 from medconv.bench.search import predict_max_batch
-from medconv.io.atomic import write_text
+from medconv.io.atomic import write_json, write_text
 
 MIN_START_S = 10.0  # a worker needs this long just to import torch and Lightning: don't start one with less
 NO_CUDA = (
@@ -179,7 +179,7 @@ def run_max_batch(plan: Plan, report: dict, deadline: float, out: Path) -> str:
 
 
 def save(report: dict, out: Path) -> None:
-    write_text(out / "gpu_report.json", json.dumps(report, indent=1, default=str) + "\n")
+    write_json(out / "gpu_report.json", report)
     write_text(out / "gpu_report.md", render(report))
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import json
 import os
 import statistics
 import time
@@ -24,7 +23,7 @@ from torch import nn
 
 import medconv.models.gresnet  # noqa: F401  (registers the gresnet* models with timm)
 from medconv.bench.machine import cpu_model
-from medconv.io.atomic import write_text
+from medconv.io.atomic import write_json
 from medconv.models.split_norm import ChannelAffine, FusedConv2d
 
 
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  naive fold : {result['naive_img_s']:10.2f} img/s, fused/naive {result['fused_over_naive']:.3f}x, "
               f"relative max |diff| {result['naive_max_rel_diff']:.3e} (zero padding: wrong at the borders)")
     if args.json is not None:
-        write_text(args.json, json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

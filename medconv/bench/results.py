@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
-from medconv.io.atomic import atomic_path, write_text
+from medconv.io.atomic import atomic_path, write_json
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -36,7 +35,7 @@ def write_results(rows: list[dict], out: Path, stem: str = "models", with_plot: 
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
-    write_text(paths["json"], json.dumps(rows, indent=1, default=str))
+    write_json(paths["json"], rows)
     if with_plot:  # memory and speed against pixels: nothing to draw for max-batch rows
         paths["plot"] = out / f"{stem}.png"
         plot(rows, paths["plot"])

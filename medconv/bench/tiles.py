@@ -11,7 +11,6 @@ turns every few dozen regions and the load average is recorded; the ratios are t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ import numpy as np
 from medconv.bench.machine import cpu_model
 from medconv.demo.pyramid import generate_slide
 from medconv.errors import InputFileError
-from medconv.io.atomic import write_text
+from medconv.io.atomic import write_json
 
 Positions = list[tuple[int, int]]  # level coordinates of region top-left corners
 
@@ -205,10 +204,6 @@ def report(r: dict) -> str:
             row += f"{r[key + sfx]:>11.2f}x"
         lines.append(row)
     return "\n".join(lines)
-
-
-def write_json(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

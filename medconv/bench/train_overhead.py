@@ -8,7 +8,6 @@ load hits both alike. Prints images/s and the ratio medconv / bare (goal ≥ 0.9
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medconv import keys
 from medconv.bench.machine import cpu_model
-from medconv.io.atomic import write_text
+from medconv.io.atomic import write_json
 
 
 class _Batches(Dataset):
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio {result['ratio']:.3f} (goal >= 0.95); after the last step fit takes {result['medconv_fit_tail_s']} s more"
     )
     if args.json:
-        write_text(args.json, json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

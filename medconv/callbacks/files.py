@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 
-from medconv.io.atomic import atomic_path, write_text
+from medconv.io.atomic import atomic_path
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -55,5 +54,3 @@ def finite(metrics: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
-def write_json(path: Path, data: dict) -> Path:
-    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")

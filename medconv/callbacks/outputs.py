@@ -12,8 +12,9 @@ import math
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
-from medconv.callbacks.files import finite, read_predictions, run_dir, write_json, write_predictions
+from medconv.callbacks.files import finite, read_predictions, run_dir, write_predictions
 from medconv.callbacks.roc import plot_roc
+from medconv.io.atomic import write_json
 from medconv.tasks.metrics import CI_METRICS, evaluate
 
 BEST_VAL = "val_predictions_best.csv"

@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import fft
 
 from medconv.demo.mammo_files import png_bytes, write_dicom, write_png16
-from medconv.io.atomic import write_bytes
+from medconv.io.atomic import write_bytes, write_json
 
 MANIFEST = "manifest.csv"
 PARAMS = "demo_params.json"
@@ -79,7 +79,7 @@ def generate_demo_mammo(
     rows = []
     for index in range(n_patients):
         rows += _write_patient(out, index, params)
-    write_bytes(params_path, (json.dumps(params, indent=1) + "\n").encode())
+    write_json(params_path, params)
     frame = pd.DataFrame(rows, columns=COLUMNS)
     write_bytes(manifest, frame.to_csv(index=False, lineterminator="\n").encode())
     return manifest

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from medconv.io.atomic import write_text
+from medconv.io.atomic import write_json, write_text
 from medconv.io.tiff_writer import write_pyramid_tiff
 
 MASK_DOWNSAMPLE = 16
@@ -64,7 +64,7 @@ def generate_demo_slides(
     params = {"seed": seed, "width": width, "height": height, "mpp": mpp, "version": DEMO_VERSION}
     params_path = out / "demo_wsi_params.json"
     same = params_path.exists() and json.loads(params_path.read_text()) == params and not overwrite
-    write_text(params_path, json.dumps(params))
+    write_json(params_path, params)
     rows = []
     for i in range(n_slides):
         name = f"demo_{i:03d}"

@@ -41,6 +41,13 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def write_json(path: str | Path, data: object) -> Path:
+    """Indented JSON; values JSON lacks (paths, numpy scalars) are written as their strings."""
+    import json
+
+    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
 def save_npy(path: str | Path, array) -> Path:  # noqa: ANN001
     import numpy as np
 

@@ -16,6 +16,7 @@ import numpy as np
 from medconv.errors import InputFileError
 from medconv.io.diagnose import no_pixel_limit, probe
 from medconv.io.reader import read_mpp
+from medconv.io.tiff_properties import resolution_properties
 
 #: a resolution tag coarser than this (um/px) is a print or screen setting, not a scan calibration
 PLAIN_MAX_MPP = 10.0
@@ -133,7 +134,7 @@ def _load_tiff(path: Path) -> tuple[np.ndarray, float | None]:
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages.first
-        props = _resolution_properties(page.tags)
+        props = resolution_properties(page.tags)
         mappable = page.is_memmappable and page.planarconfig == 1 and page.samplesperpixel == 3
         if mappable and int(page.photometric) == 2 and page.bitspersample == 8:
             return tifffile.memmap(path, page=0, mode="r"), read_mpp(props)
@@ -182,18 +183,3 @@ def _to_rgb(pixels: np.ndarray, premultiplied: bool) -> np.ndarray:
             mixed = (colour * alpha + 255 * (255 - alpha) + 127) // 255
         out[y : y + rows] = np.minimum(mixed, 255).astype(np.uint8)  # broadcasts grey over the 3 channels
     return out
-
-
-def _resolution_properties(tags) -> dict[str, str]:
-    """The OpenSlide-style resolution properties that `read_mpp` understands."""
-    unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
-    props = {"tiff.ResolutionUnit": {2: "inch", 3: "centimeter"}.get(unit, "none")}
-    if "XResolution" in tags:
-        value = tags["XResolution"].value
-        if isinstance(value, tuple):
-            xres = value[0] / value[1] if value[1] else 0.0
-        else:
-            xres = float(value)
-        if xres > 0:
-            props["tiff.XResolution"] = repr(xres)
-    return props

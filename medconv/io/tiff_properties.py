@@ -21,15 +21,9 @@ def tiff_properties(page, vendor: str, levels: Sequence) -> dict[str, str]:
     for name in ("Software", "Make", "Model", "DateTime", "Artist", "HostComputer", "Copyright"):
         if name in tags:
             props[f"tiff.{name}"] = str(tags[name].value)
-    unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else None
-    unit_name = {1: "none", 2: "inch", 3: "centimeter"}.get(int(unit) if unit is not None else 2, "inch")
-    xres = _rational(tags, "XResolution")
-    yres = _rational(tags, "YResolution")
-    props["tiff.ResolutionUnit"] = unit_name
-    if xres:
-        props["tiff.XResolution"] = _fmt(xres)
-    if yres:
-        props["tiff.YResolution"] = _fmt(yres)
+    props |= resolution_properties(tags)
+    unit_name = props["tiff.ResolutionUnit"]
+    xres, yres = _rational(tags, "XResolution"), _rational(tags, "YResolution")
     if vendor == "aperio":
         for field in description.split("|")[1:]:
             key, sep, value = field.partition("=")
@@ -49,6 +43,16 @@ def tiff_properties(page, vendor: str, levels: Sequence) -> dict[str, str]:
         props[f"openslide.level[{i}].height"] = str(lv.height)
         props[f"openslide.level[{i}].tile-width"] = str(lv.tile_w)
         props[f"openslide.level[{i}].tile-height"] = str(lv.tile_h)
+    return props
+
+
+def resolution_properties(tags) -> dict[str, str]:
+    """`tiff.ResolutionUnit` / `tiff.XResolution` / `tiff.YResolution` as OpenSlide names them, for `read_mpp`."""
+    unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else None
+    props = {"tiff.ResolutionUnit": {1: "none", 2: "inch", 3: "centimeter"}.get(int(unit) if unit is not None else 2, "inch")}
+    for name in ("XResolution", "YResolution"):
+        if value := _rational(tags, name):
+            props[f"tiff.{name}"] = _fmt(value)
     return props
 
 
