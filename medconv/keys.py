@@ -12,3 +12,4 @@ PATIENT_ID = "patient_id"
 EXAM_ID = "exam_id"
 LATERALITY = "laterality"
 VIEW = "view"
+CROPS = "crops"  # multi-crop SSL views: a list of (B, C, h, w) tensors, global crops first

@@ -53,7 +53,8 @@ class MedconvCLI(LightningCLI):
         trainer = cfg.trainer
         if trainer.precision is None:
             trainer.precision = default_precision()
-        _ensure_outputs_callback(trainer)
+        _ensure_outputs_callback(trainer, pretraining=str(cfg.model.get("class_path", "")).endswith("PretrainModule"))
+        _link_nested_input(cfg)
         configs = [str(c) for c in (cfg.get("config") or [])]
         if self.subcommand in EVAL_COMMANDS:
             run = run_of(cfg.get("ckpt_path"), configs)
@@ -128,14 +129,32 @@ def _occupied(run: Path, ckpt_path: str | None) -> bool:
     return run.is_dir() and any(run.iterdir()) and not resuming
 
 
-def _ensure_outputs_callback(trainer) -> None:  # noqa: ANN001
-    """Evaluation reports are part of every run, also when a config lists its own callbacks."""
+def _ensure_outputs_callback(trainer, pretraining: bool = False) -> None:  # noqa: ANN001
+    """Evaluation reports are part of every run, also when a config lists its own callbacks; a pretraining run
+    always exports its encoder."""
     callbacks = trainer.get("callbacks") or []
     callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
     names = {getattr(c, "class_path", "").rsplit(".", 1)[-1] for c in callbacks}
     if not names & {"RunOutputs", "RunSummary"}:
         callbacks.append(Namespace(class_path="medconv.callbacks.RunOutputs", init_args=Namespace()))
+    if pretraining and "EncoderExport" not in names:
+        callbacks.append(Namespace(class_path="medconv.callbacks.EncoderExport", init_args=Namespace()))
     trainer.callbacks = callbacks
+
+
+def _link_nested_input(cfg) -> None:  # noqa: ANN001
+    """The parse-time links read `data.init_args.image_size` / `in_chans`; a datamodule that wraps another one (the
+    pretraining data's `source`) keeps them one level down, where jsonargparse does not look: link them here."""
+    data = cfg.get("data")
+    backbone = cfg.get("model.init_args.backbone.init_args") if cfg.get("model") else None
+    if data is None or backbone is None or data.get("init_args.image_size") is not None:
+        return
+    for value in vars(data.get("init_args") or Namespace()).values():
+        inner = value.get("init_args") if isinstance(value, Namespace) else None
+        if inner is not None and inner.get("image_size") is not None:
+            backbone.img_size = inner.image_size
+            backbone.in_chans = inner.get("in_chans", backbone.get("in_chans"))
+            return
 
 
 def run_lightning(argv: list[str]) -> MedconvCLI:

@@ -11,6 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -77,6 +78,31 @@ def bare_loop(model_name: str, loader: DataLoader, steps: int, warmup: int, devi
     return seen / (time.perf_counter() - start)
 
 
+class StepTimer(L.Callback):
+    """Times steps [warmup, warmup + steps) of a Lightning fit exactly as the bare loops time theirs."""
+
+    def __init__(self, warmup: int, steps: int, device: str):
+        self.warmup, self.steps, self.device = warmup, steps, device
+        self.start = self.end = 0.0
+        self.seen = 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):  # noqa: ANN001
+        if batch_idx == self.warmup:
+            _sync(self.device)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):  # noqa: ANN001
+        if batch_idx >= self.warmup:
+            self.seen += len(batch[keys.IMAGE])
+        if batch_idx == self.warmup + self.steps - 1:
+            _sync(self.device)
+            self.end = time.perf_counter()
+
+    @property
+    def rate(self) -> float:
+        return self.seen / (self.end - self.start)
+
+
 def medconv_loop(model_name: str, loader: DataLoader, steps: int, warmup: int, device: str, precision: str,
                  chans: int, size: tuple[int, int]) -> tuple[float, float]:
     """Images/s of `ClassificationModule` + TimmBackbone under a Lightning Trainer (logging on, as in a real
@@ -85,33 +111,15 @@ def medconv_loop(model_name: str, loader: DataLoader, steps: int, warmup: int, d
     The rate is timed from the first timed step to the end of the last, as the bare loop is: the tail is a
     one-off cost per `fit` that a long run does not notice, so it is reported beside the ratio, not in it.
     """
-    import lightning as L
-
     from medconv.models import TimmBackbone
     from medconv.tasks import ClassificationModule
-
-    class Timer(L.Callback):
-        start = end = 0.0
-        seen = 0
-
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):  # noqa: ANN001
-            if batch_idx == warmup:
-                _sync(device)
-                self.start = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):  # noqa: ANN001
-            if batch_idx >= warmup:
-                self.seen += len(batch[keys.LABEL])
-            if batch_idx == warmup + steps - 1:
-                _sync(device)
-                self.end = time.perf_counter()
 
     torch.manual_seed(0)
     module = ClassificationModule(
         TimmBackbone(model_name, in_chans=chans, img_size=size), num_classes=2,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4),
     )  # the task's default LR schedule stays on: a real run pays for it too
-    timer = Timer()
+    timer = StepTimer(warmup, steps, device)
     trainer = L.Trainer(
         accelerator=device, devices=1, max_epochs=1, limit_train_batches=warmup + steps, limit_val_batches=0,
         precision={"bf16": "bf16-mixed", "16": "16-mixed", "32": "32-true"}[precision],
@@ -120,7 +128,7 @@ def medconv_loop(model_name: str, loader: DataLoader, steps: int, warmup: int, d
     )
     trainer.fit(module, train_dataloaders=loader)
     _sync(device)
-    return timer.seen / (timer.end - timer.start), time.perf_counter() - timer.end
+    return timer.rate, time.perf_counter() - timer.end
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,13 @@
-"""Callbacks that write a run's files: evaluation reports and plots (RunOutputs) and predictions (PredictionCSVWriter)."""
+"""Callbacks that write a run's files: evaluation reports and plots (RunOutputs), predictions (PredictionCSVWriter),
+pretrained encoders (EncoderExport), SSL monitors (RepresentationProbe, MaskPreview)."""
 
+from medconv.callbacks.encoder_export import EncoderExport
 from medconv.callbacks.files import run_dir
+from medconv.callbacks.mask_preview import MaskPreview
 from medconv.callbacks.outputs import RunOutputs
 from medconv.callbacks.predictions import PredictionCSVWriter
+from medconv.callbacks.probe import RepresentationProbe
 
 RunSummary = RunOutputs  # the name configs saved before 0.2 use (docs/migration.md)
 
-__all__ = ["PredictionCSVWriter", "RunOutputs", "RunSummary", "run_dir"]
+__all__ = ["EncoderExport", "MaskPreview", "PredictionCSVWriter", "RepresentationProbe", "RunOutputs", "RunSummary", "run_dir"]

@@ -74,7 +74,8 @@ class RunOutputs(L.Callback):
         lines = ["", "medconv fit finished", f"  run directory   {out}"]
         for label, key in (("config", "config"), ("best checkpoint", "best_checkpoint"), ("last checkpoint", "last_checkpoint"),
                            ("metrics", "metrics_csv"), ("predictions", "predictions")):
-            lines.append(f"  {label:<15} {summary[key]}")
+            if summary[key]:
+                lines.append(f"  {label:<15} {summary[key]}")
         lines += [f"  plot            {p}" for p in plots]
         lines.append(f"  tensorboard     tensorboard --logdir {out}")
         if self.best:

@@ -1,12 +1,16 @@
-"""`medconv demo-data <kind>`: synthetic data with a real, learnable signal."""
+"""`medconv demo-data <kind>`: synthetic data with a real, learnable signal.
+
+Each kind takes `--difficulty easy|hard`: `easy` (the default) is the standard set, on which small models reach
+AUROC ~1.0; `hard` weakens the signal (medconv.demo.difficulty) to leave room for scarce-label experiments.
+"""
 
 from __future__ import annotations
 
 from medconv.cli import dispatch
 
 KINDS = {
-    "mammo": ("medconv.demo.mammo", "Screening-like mammogram exams (DICOM + 16-bit PNG) with lesions and a manifest."),
-    "wsi": ("medconv.demo.wsi", "Pyramidal tiled JPEG TIFF slides with MPP, tumour regions, masks and a manifest."),
+    "mammo": ("medconv.demo.mammo", "Screening-like mammogram exams (DICOM + 16-bit PNG), lesions, manifest; --difficulty easy|hard."),
+    "wsi": ("medconv.demo.wsi", "Pyramidal tiled JPEG TIFF slides with MPP, tumour regions, masks and a manifest; --difficulty easy|hard."),
 }
 
 

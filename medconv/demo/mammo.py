@@ -12,6 +12,9 @@ About half of the patients are written as DICOM (PixelSpacing, ImageLaterality, 
 BitsStored 12/14/16, MONOCHROME1/2, RescaleSlope/Intercept and VOI windowing on some), the rest as
 16-bit PNG (no metadata; laterality/view only in the manifest). `read_mammogram` recovers the same
 brightness sense from all of them. Output is byte-identical for the same parameters.
+
+`difficulty` picks a preset (medconv.demo.difficulty): `easy` is the set above; `hard` draws smaller, fainter
+lesions in busier texture, for experiments that need headroom below AUROC 1.0 (scarce labels, pretraining).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import fft
 
+from medconv.demo.difficulty import DIFFICULTIES, MAMMO_PRESETS, MammoPreset, check_difficulty, demo_root, preset_params
 from medconv.demo.mammo_files import png_bytes, write_dicom, write_png16
 from medconv.io.atomic import write_bytes, write_json
 
@@ -48,6 +52,7 @@ def generate_demo_mammo(
     lesion_contrast: tuple[float, float] = (0.15, 0.4),
     positive_fraction: float = 0.4,
     patient_prefix: str = "DEMO",
+    difficulty: str = "easy",
 ) -> Path:
     """Write the demo set under `out`; return `out/manifest.csv`. Another `seed` and `patient_prefix` make an
     "external site": new patients whose ids cannot collide with the training set's.
@@ -67,6 +72,9 @@ def generate_demo_mammo(
         "positive_fraction": float(positive_fraction),
         "patient_prefix": str(patient_prefix),
     }
+    if check_difficulty(difficulty) != "easy":  # easy keeps the parameters (and caches) of sets made before presets
+        params["difficulty"] = difficulty
+        params["preset"] = preset_params(MAMMO_PRESETS[difficulty])
     manifest, params_path = out / MANIFEST, out / PARAMS
     if manifest.is_file() and params_path.is_file():
         try:
@@ -86,14 +94,16 @@ def generate_demo_mammo(
 
 
 def demo_manifest(
-    demo_dir: str | Path, n_patients: int, seed: int, image_size: tuple[int, int], lesion_contrast: tuple[float, float]
+    demo_dir: str | Path, n_patients: int, seed: int, image_size: tuple[int, int], lesion_contrast: tuple[float, float],
+    difficulty: str = "easy",
 ) -> Path:
     """The demo set a datamodule trains on when its manifest is null. Smaller images keep the breast's physical
     size (coarser pixels), so lesions stay in proportion; the same arguments give the same files, so the
-    patch and whole-image recipes can share one set (and, with the same seed, one split)."""
+    patch and whole-image recipes can share one set (and, with the same seed, one split). A difficulty other
+    than easy lives in `<demo_dir>_<difficulty>`, so presets never overwrite each other."""
     spacing = 0.2 * 1024 / image_size[0]
-    return generate_demo_mammo(Path(demo_dir), n_patients=n_patients, seed=seed, image_size=tuple(image_size),
-                               pixel_spacing_mm=spacing, lesion_contrast=tuple(lesion_contrast))
+    return generate_demo_mammo(demo_root(demo_dir, difficulty), n_patients=n_patients, seed=seed, image_size=tuple(image_size),
+                               pixel_spacing_mm=spacing, lesion_contrast=tuple(lesion_contrast), difficulty=difficulty)
 
 
 # --------------------------------------------------------------------------- one patient
@@ -115,6 +125,7 @@ class _Patient:
 def _write_patient(out: Path, index: int, params: dict) -> list[dict]:
     rng = np.random.default_rng([params["seed"], index])
     lo, hi = params["lesion_contrast"]
+    preset = MAMMO_PRESETS[params.get("difficulty", "easy")]
     positive = rng.random() < params["positive_fraction"]
     is_mass = rng.random() < 0.75
     patient = _Patient(
@@ -123,8 +134,8 @@ def _write_patient(out: Path, index: int, params: dict) -> list[dict]:
         half_height=float(rng.uniform(0.32, 0.44)),
         affected=str(rng.choice(["L", "R"])) if positive else None,
         lesion_type=("mass" if is_mass else "calcification") if positive else "",
-        lesion_mm=float(rng.uniform(8, 25) if is_mass else rng.uniform(8, 15)),
-        contrast=float(rng.uniform(lo, hi)),
+        lesion_mm=float(rng.uniform(8, 25) if is_mass else rng.uniform(8, 15)) * preset.lesion_size,
+        contrast=float(rng.uniform(lo, hi)) * preset.lesion_contrast,
         lesion_depth=float(rng.uniform(0.3, 0.7)),
         dicom=bool(rng.random() < 0.5),
     )
@@ -143,7 +154,7 @@ def _write_patient(out: Path, index: int, params: dict) -> list[dict]:
         for view_code, view in enumerate(("CC", "MLO")):
             img_rng = np.random.default_rng([params["seed"], index, lat_code, view_code])
             has_lesion = patient.affected == lat
-            pixels, lesion = _render(img_rng, params["image_size"], spacing, patient, view, has_lesion)
+            pixels, lesion = _render(img_rng, params["image_size"], spacing, patient, view, has_lesion, preset)
             if lat == "R":
                 pixels, lesion = pixels[:, ::-1].copy(), lesion[:, ::-1].copy()
             if img_rng.random() < 0.5:
@@ -212,7 +223,8 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _render(
-    rng: np.random.Generator, size: list[int], spacing: float, p: _Patient, view: str, has_lesion: bool
+    rng: np.random.Generator, size: list[int], spacing: float, p: _Patient, view: str, has_lesion: bool,
+    preset: MammoPreset = MAMMO_PRESETS["easy"],
 ) -> tuple[np.ndarray, np.ndarray]:
     """One view in [0, 1] (brighter = denser) and its lesion mask, chest wall on the left."""
     h, w = size
@@ -236,9 +248,9 @@ def _render(
     clouds = _power_noise(rng, (h // 4, w // 4), 3.0) - np.float32(0.6) * r2_small  # denser centrally
     cut = np.quantile(clouds[r2_small < 1.0], 1.0 - p.density)  # about `density` of the breast is dense
     dense = 1.0 / (1.0 + np.exp(np.float32(-3.0) * (clouds - np.float32(cut))))
-    smooth = cv2.resize(root_thick * (0.26 + 0.1 * dense), (w, h), interpolation=cv2.INTER_LINEAR)
+    smooth = cv2.resize(root_thick * (0.26 + preset.cloud_amplitude * dense), (w, h), interpolation=cv2.INTER_LINEAR)
     fine = _power_noise(rng, (h, w), 2.0)
-    image = 0.3 + smooth + 0.012 * fine
+    image = 0.3 + smooth + preset.fine_texture * fine
     if view == "MLO":
         edge = cv2.GaussianBlur(pectoral[::4, ::4].astype(np.float32), (0, 0), 0.75)
         edge = cv2.resize(edge, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -340,12 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lesion-contrast", type=float, nargs=2, default=(0.15, 0.4), metavar=("LO", "HI"),
                         help="lesion contrast range, as a fraction of the breast's intensity range")  # fmt: skip
     parser.add_argument("--positive-fraction", type=float, default=0.4)
+    parser.add_argument("--difficulty", choices=DIFFICULTIES, default="easy",
+                        help="easy: the standard set; hard: smaller, fainter lesions in busier texture")
     parser.add_argument("--patient-prefix", default="DEMO", help="patient ids are <prefix>0001, ...: another prefix and "
                         "seed simulate an external site (e.g. EXT)")
     args = parser.parse_args(argv)
     manifest = generate_demo_mammo(
         args.out, args.n_patients, args.seed, tuple(args.image_size), args.pixel_spacing_mm,
-        tuple(args.lesion_contrast), args.positive_fraction, args.patient_prefix,
+        tuple(args.lesion_contrast), args.positive_fraction, args.patient_prefix, args.difficulty,
     )  # fmt: skip
     print(manifest)
     return 0

@@ -4,7 +4,8 @@ Normal tissue: pink stroma with sparse elongated nuclei and glands (rings of sma
 lumens). Tumour (odd-numbered slides): sheets of large, dark, crowded, pleomorphic nuclei on a
 purplish background, no glands; a tiny CNN tells the two apart on 64-128 px tiles at 0.5-2 mpp.
 Some slides carry blue/green pen marks, on glass and over tissue, to exercise the tissue mask.
-Everything depends only on the seed and the arguments.
+Everything depends only on the seed and the arguments. `difficulty` picks a preset (medconv.demo.difficulty):
+`hard` brings tumour nuclei and colour closer to normal tissue and adds stain variation between and within slides.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from medconv.demo.difficulty import DIFFICULTIES, WSI_PRESETS, WSIPreset, check_difficulty, preset_params
 from medconv.io.atomic import write_json, write_text
 from medconv.io.tiff_writer import write_pyramid_tiff
 
@@ -52,6 +54,7 @@ def generate_demo_slides(
     height: int = 3072,
     mpp: float = 0.5,
     overwrite: bool = False,
+    difficulty: str = "easy",
 ) -> Path:
     """Write `n_slides` slides, their tumour masks and `manifest.csv` under `out`; returns the manifest path.
 
@@ -62,6 +65,9 @@ def generate_demo_slides(
     (out / "slides").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     params = {"seed": seed, "width": width, "height": height, "mpp": mpp, "version": DEMO_VERSION}
+    if check_difficulty(difficulty) != "easy":  # easy keeps the parameters (and caches) of sets made before presets
+        params["difficulty"] = difficulty
+        params["preset"] = preset_params(WSI_PRESETS[difficulty])
     params_path = out / "demo_wsi_params.json"
     same = params_path.exists() and json.loads(params_path.read_text()) == params and not overwrite
     write_json(params_path, params)
@@ -72,7 +78,7 @@ def generate_demo_slides(
         tumour = i % 2 == 1
         if not (same and slide_path.exists() and mask_path.exists()):
             slide = render_slide(np.random.default_rng([seed, i]), width, height, tumour=tumour, pen=i % 3 == 0,
-                                 min_piece_px=round(MIN_PIECE_MM2 * 1e6 / mpp**2))
+                                 min_piece_px=round(MIN_PIECE_MM2 * 1e6 / mpp**2), preset=WSI_PRESETS[difficulty])
             _write_mask(mask_path, _downsample_mask(slide.tumour, MASK_DOWNSAMPLE))
             write_pyramid_tiff(slide_path, slide.rgb, mpp)
         rows.append({
@@ -88,7 +94,8 @@ def generate_demo_slides(
 
 
 def render_slide(
-    rng: np.random.Generator, width: int, height: int, tumour: bool, pen: bool, min_piece_px: int = 200_000
+    rng: np.random.Generator, width: int, height: int, tumour: bool, pen: bool, min_piece_px: int = 200_000,
+    preset: WSIPreset = WSI_PRESETS["easy"],
 ) -> DemoSlide:
     """RGB uint8 (H, W, 3) slide with its tumour, tissue and pen masks (the ground truth tests compare with).
 
@@ -99,7 +106,7 @@ def render_slide(
     normal = tissue & ~tumour_mask
 
     label = tissue.astype(np.uint8) + tumour_mask.astype(np.uint8)  # 0 glass, 1 normal, 2 tumour
-    palette = (BACKGROUND, (234, 168, 198), (196, 128, 186))
+    palette = (BACKGROUND, (234, 168, 198), preset.tumour_background)
     texture = _smooth_noise(rng, width, height, scale=24) * 14 + _smooth_noise(rng, width, height, scale=4) * 10
     texture *= label > 0
     texture += rng.standard_normal((height, width), dtype=np.float32) * 3.0
@@ -113,12 +120,28 @@ def render_slide(
     _draw_glands(rng, rgb, normal, tumour_mask)
     _draw_nuclei(rng, rgb, normal, density=1 / 1400, axes=((3, 4.5), (6, 10)), colour=(112, 72, 152), jitter=14)
     if tumour:
-        _draw_nuclei(rng, rgb, tumour_mask, density=1 / 260, axes=((7, 12), (8, 15)), colour=(72, 36, 112), jitter=22)
+        _draw_nuclei(rng, rgb, tumour_mask, density=preset.tumour_density, axes=preset.tumour_axes,
+                     colour=preset.tumour_colour, jitter=preset.tumour_jitter)
     pen_mask = np.zeros((height, width), np.uint8)
     if pen:
         _draw_pen(rng, rgb, pen_mask, width, height)
+    if preset.stain_jitter or preset.stain_drift:
+        rgb = _vary_stain(rng, rgb, tissue, preset)
     rgb = cv2.GaussianBlur(rgb, (3, 3), 0.7)
     return DemoSlide(rgb, tumour_mask, tissue, pen_mask.astype(bool))
+
+
+def _vary_stain(rng: np.random.Generator, rgb: np.ndarray, tissue: np.ndarray, preset: WSIPreset) -> np.ndarray:
+    """Stain variation as labs and scanners produce it: tissue's optical density scaled per channel for the whole
+    slide (1 +- stain_jitter) and by a smooth field within it (+- stain_drift), so colour alone cannot tell
+    tumour from normal across slides. Glass and pen strokes off tissue keep their colour."""
+    height, width = tissue.shape
+    scale = 1 + rng.uniform(-preset.stain_jitter, preset.stain_jitter, 3).astype(np.float32)
+    drift = 1 + preset.stain_drift * np.clip(_smooth_noise(rng, width, height, scale=max(64, min(width, height) // 4)), -2, 2)
+    od = -np.log((rgb.astype(np.float32) + 1) / 256)
+    varied = od * scale * drift[..., None]
+    out = np.clip(256 * np.exp(-varied) - 1, 0, 255).round().astype(np.uint8)
+    return np.where(tissue[..., None], out, rgb)
 
 
 def _drop_small_pieces(mask: np.ndarray, min_px: int) -> np.ndarray:
@@ -267,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=3072, help="level-0 height in pixels")
     p.add_argument("--mpp", type=float, default=0.5, help="microns per level-0 pixel written into the TIFF")
     p.add_argument("--overwrite", action="store_true", help="regenerate slides that already exist")
+    p.add_argument("--difficulty", choices=DIFFICULTIES, default="easy",
+                   help="easy: the standard set; hard: tumour closer to normal tissue, more stain variation")
     try:
         args = p.parse_args(argv)
     except SystemExit as exc:
@@ -274,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_slides < 1 or args.width < 256 or args.height < 256 or args.mpp <= 0:
         print("medconv demo-data wsi: error: need --n-slides >= 1, --width/--height >= 256, --mpp > 0", file=sys.stderr)
         return 2
-    manifest = generate_demo_slides(args.out, args.n_slides, args.seed, args.width, args.height, args.mpp, args.overwrite)
+    manifest = generate_demo_slides(args.out, args.n_slides, args.seed, args.width, args.height, args.mpp, args.overwrite,
+                                    args.difficulty)
     print(f"wrote {args.n_slides} slides; manifest {manifest}")
     return 0
 

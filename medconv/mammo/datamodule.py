@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from medconv.data.datamodule import ClassificationDataModule
 from medconv.data.manifest import raise_if_problems, validate_manifest
+from medconv.demo.difficulty import check_difficulty
 from medconv.errors import InputFileError
 from medconv.mammo.dataset import MammoDataset, load_prepared
 from medconv.mammo.transforms import MammoAugment, mammo_train_transforms
@@ -41,6 +42,7 @@ class MammoDataModule(ClassificationDataModule):
         demo_seed: int = 0,
         demo_image_size: tuple[int, int] = (1024, 800),
         demo_lesion_contrast: tuple[float, float] = (0.15, 0.4),
+        demo_difficulty: str = "easy",
         **kwargs,  # the base's: manifest, classes, val/test/label fractions, seed, predict_split
     ):
         super().__init__(
@@ -54,6 +56,7 @@ class MammoDataModule(ClassificationDataModule):
         self.demo_seed = demo_seed
         self.demo_image_size = tuple(demo_image_size)
         self.demo_lesion_contrast = tuple(demo_lesion_contrast)
+        self.demo_difficulty = check_difficulty(demo_difficulty)  # easy | hard: the demo set lives in <demo_dir>_hard
 
     @property
     def eval_groups(self) -> dict[str, list[str]]:
@@ -68,7 +71,8 @@ class MammoDataModule(ClassificationDataModule):
             return Path(self.manifest)
         from medconv.demo.mammo import demo_manifest
 
-        return demo_manifest(self.demo_dir, self.demo_patients, self.demo_seed, self.demo_image_size, self.demo_lesion_contrast)
+        return demo_manifest(self.demo_dir, self.demo_patients, self.demo_seed, self.demo_image_size, self.demo_lesion_contrast,
+                             self.demo_difficulty)
 
     def load_table(self) -> pd.DataFrame:
         table, problems = self._validated()

@@ -19,6 +19,7 @@ from medconv import keys
 from medconv.data.datamodule import ClassificationDataModule
 from medconv.data.manifest import raise_if_problems, read_manifest
 from medconv.data.samplers import decode_draw
+from medconv.demo.difficulty import check_difficulty
 from medconv.errors import ConfigError, InputFileError
 from medconv.mammo.dataset import mammo_sample
 from medconv.mammo.patch_prep import UNLABELLED, PatchOptions, parse_boxes, prepare_all
@@ -112,6 +113,7 @@ class MammoPatchDataModule(ClassificationDataModule):
         demo_seed: int = 0,
         demo_image_size: tuple[int, int] = (1024, 800),
         demo_lesion_contrast: tuple[float, float] = (0.15, 0.4),
+        demo_difficulty: str = "easy",
         **kwargs,  # the base's: manifest, classes, val/test/label fractions, seed, predict_split
     ):
         super().__init__(
@@ -129,6 +131,7 @@ class MammoPatchDataModule(ClassificationDataModule):
         self.cache_dir = cache_dir
         self.demo_dir, self.demo_patients, self.demo_seed = demo_dir, demo_patients, demo_seed
         self.demo_image_size, self.demo_lesion_contrast = tuple(demo_image_size), tuple(demo_lesion_contrast)
+        self.demo_difficulty = check_difficulty(demo_difficulty)  # easy | hard: the demo set lives in <demo_dir>_hard
         self._prepared: dict[str, dict] | None = None
 
     def default_classes(self) -> list[str] | None:
@@ -144,7 +147,8 @@ class MammoPatchDataModule(ClassificationDataModule):
             return Path(self.manifest)
         from medconv.demo.mammo import demo_manifest
 
-        return demo_manifest(self.demo_dir, self.demo_patients, self.demo_seed, self.demo_image_size, self.demo_lesion_contrast)
+        return demo_manifest(self.demo_dir, self.demo_patients, self.demo_seed, self.demo_image_size, self.demo_lesion_contrast,
+                             self.demo_difficulty)
 
     def load_table(self) -> pd.DataFrame:
         path = self.manifest_path()

@@ -57,6 +57,8 @@ class TimmBackbone(nn.Module):
     ):
         super().__init__()
         self.name = name
+        self.in_chans = in_chans
+        self.model_args = dict(model_args or {})
         self.attention = attention
         self.channels_last = channels_last
         self._scope = KernelScope(attention)  # validates `attention` before the model is built

@@ -16,7 +16,7 @@ from torch import nn
 from medconv import keys
 from medconv.errors import ConfigError
 from medconv.tasks.metrics import REDUCERS, evaluate
-from medconv.tasks.schedules import WarmupCosine
+from medconv.tasks.schedules import WarmupCosine, optimization
 
 META_KEYS = (keys.IMAGE_ID, keys.PATIENT_ID, keys.EXAM_ID, keys.LATERALITY, keys.VIEW, keys.SLIDE_ID, keys.X, keys.Y)
 
@@ -38,6 +38,8 @@ class ClassificationModule(L.LightningModule):
         scheduler: called with the optimiser; one with `bind_schedule` (the default `WarmupCosine`) gets the
             run's length. None: a constant LR.
         scheduler_interval: `step` or `epoch`, when the scheduler steps.
+        freeze_backbone: a linear probe: the backbone (e.g. an SSL encoder from `pretrained_path`) keeps its
+            weights and its normalisation statistics (it stays in eval mode); only the head trains.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class ClassificationModule(L.LightningModule):
         head_dropout: float = 0.0,
         eval_groups: dict[str, list[str]] | None = None,
         group_reduce: Literal["max", "mean"] = "max",
+        freeze_backbone: bool = False,
     ):
         super().__init__()
         if group_reduce not in REDUCERS:
@@ -60,6 +63,9 @@ class ClassificationModule(L.LightningModule):
         self.save_hyperparameters(ignore=["backbone", "criterion", "optimizer", "scheduler"])
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone.num_features, num_classes))
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -69,6 +75,12 @@ class ClassificationModule(L.LightningModule):
         self.eval_rows: dict = {}
         self.eval_metrics: dict[str, float] = {}
         self._outputs: list[dict] = []
+
+    def train(self, mode: bool = True) -> ClassificationModule:
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()  # BatchNorm running statistics stay those of the pretrained encoder
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -130,14 +142,8 @@ class ClassificationModule(L.LightningModule):
 
     # --- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        if hasattr(scheduler, "bind_schedule"):
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            scheduler.bind_schedule(total, max(1, total // max(1, self.trainer.max_epochs or 1)))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        params = [p for p in self.parameters() if p.requires_grad]
+        return optimization(self, params, self.optimizer_factory, self.scheduler_factory, self.scheduler_interval)
 
 
 def _concat(outputs: list[dict]) -> dict[str, np.ndarray | list]:

@@ -57,3 +57,16 @@ class WarmupCosine(LRScheduler):
     def get_lr(self) -> list[float]:
         step = max(0, self.last_epoch)
         return [base * self.factor(step) for base in self.base_lrs]
+
+
+def optimization(module, params, optimizer_factory, scheduler_factory, interval: str = "step") -> dict | Optimizer:  # noqa: ANN001
+    """The optimiser and its scheduler as Lightning takes them; a `bind_schedule` scheduler learns the run's length
+    (shared by every task, so classification and pretraining schedule alike)."""
+    optimizer = optimizer_factory(params)
+    if scheduler_factory is None:
+        return optimizer
+    scheduler = scheduler_factory(optimizer)
+    if hasattr(scheduler, "bind_schedule"):
+        total = max(1, int(module.trainer.estimated_stepping_batches))
+        scheduler.bind_schedule(total, max(1, total // max(1, module.trainer.max_epochs or 1)))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}

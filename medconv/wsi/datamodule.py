@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from medconv.data.datamodule import ClassificationDataModule
 from medconv.data.manifest import raise_if_problems, read_manifest
+from medconv.demo.difficulty import check_difficulty, demo_root
 from medconv.errors import ConfigError, MedconvError
 from medconv.wsi.tile_dataset import UNLABELLED, SlideTiles, TileDataset, load_slide_tiles
 from medconv.wsi.transforms import IMAGENET_MEAN, IMAGENET_STD, HEAugment, he_train_transforms
@@ -60,6 +61,7 @@ class WSITileDataModule(ClassificationDataModule):
         demo_slides: int = 6,
         demo_seed: int = 0,
         demo_slide_size: tuple[int, int] = (4096, 3072),
+        demo_difficulty: str = "easy",
         **kwargs,  # the base's: manifest, classes, val/test/label fractions, seed, predict_split
     ):
         super().__init__(
@@ -83,6 +85,7 @@ class WSITileDataModule(ClassificationDataModule):
         self.target_mpp, self.tile_size = target_mpp, tile_size
         self.demo_dir, self.demo_slides, self.demo_seed = demo_dir, demo_slides, demo_seed
         self.demo_slide_size = tuple(demo_slide_size)
+        self.demo_difficulty = check_difficulty(demo_difficulty)  # easy | hard: slides and tiles live in <demo_dir>_hard
 
     def default_classes(self) -> list[str] | None:
         return DEMO_CLASSES if self.manifest is None else None
@@ -102,9 +105,10 @@ class WSITileDataModule(ClassificationDataModule):
         from medconv.demo.wsi import generate_demo_slides
         from medconv.tiling.slide_tiler import TileOptions, tile_slide
 
-        root = Path(self.demo_dir)
+        root = demo_root(self.demo_dir, self.demo_difficulty)
         w, h = self.demo_slide_size
-        manifest = generate_demo_slides(root, n_slides=self.demo_slides, seed=self.demo_seed, width=w, height=h)
+        manifest = generate_demo_slides(root, n_slides=self.demo_slides, seed=self.demo_seed, width=w, height=h,
+                                        difficulty=self.demo_difficulty)
         coords_dir = root / f"coords_{self.tile_size}px_{self.target_mpp:g}mpp"
         coords_dir.mkdir(parents=True, exist_ok=True)
         options = TileOptions(target_mpp=self.target_mpp, tile_size=self.tile_size)

@@ -16,6 +16,13 @@ OVERRIDES = {
     "tests/tiny_mammo.yaml": ["mammo_convnext.yaml", "quickstart_cpu.yaml"],
     "tests/tiny_wsi.yaml": "wsi_convnext.yaml",
     "tests/tiny_mammo_patches.yaml": "mammo_patches_convnext.yaml",
+    "pretrain/on_wsi.yaml": "pretrain/mim_convnext.yaml",
+    "pretrain/on_folder.yaml": "pretrain/dino_swin.yaml",
+    "tests/tiny_pretrain.yaml": "pretrain/mim_convnext.yaml",
+    "ablation/ssl_mammo_pretrain.yaml": "pretrain/mim_convnext.yaml",
+    "ablation/ssl_mammo_finetune.yaml": ["mammo_convnext.yaml", "quickstart_cpu.yaml"],
+    "ablation/ssl_wsi_pretrain.yaml": ["pretrain/mim_convnext.yaml", "pretrain/on_wsi.yaml"],
+    "ablation/ssl_wsi_finetune.yaml": "wsi_convnext.yaml",
 }
 PIECE_DIRS = ("base", "backbones")
 

@@ -1,0 +1,75 @@
+"""Seeded comparisons as a table: mean and 95% interval per arm, and the paired difference between two arms.
+
+Records are one row per finished run (its arm's columns, `seed`, and metric values). Seeds are the unit of
+replication: the interval of a mean is Student's t over seeds, and two arms are compared on the runs they share
+(same seed and same other columns), so a seed that is easy for both does not widen the difference's interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high); the interval is Student's t over the values (nan for fewer than two)."""
+    x = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return mean, mean - half, mean + half
+
+
+def summarise(records: pd.DataFrame, by: list[str], metric: str, level: float = 0.95) -> pd.DataFrame:
+    """One row per arm (`by` columns): n seeds, mean, CI low/high, and the seeds' values."""
+    rows = []
+    for arm, group in records.groupby(by, sort=True, dropna=False):
+        mean, low, high = mean_ci(group[metric].tolist(), level)
+        arm = arm if isinstance(arm, tuple) else (arm,)
+        values = " ".join(f"{v:.3f}" for v in group.sort_values("seed")[metric])
+        rows.append(dict(zip(by, arm, strict=True), n=len(group), mean=mean, ci_low=low, ci_high=high, values=values))
+    return pd.DataFrame(rows)
+
+
+def paired_difference(records: pd.DataFrame, by: list[str], arm: str, treated: str, control: str, metric: str,
+                      level: float = 0.95) -> pd.DataFrame:
+    """`treated - control` on `metric` for runs matched on `by` + seed, with a t interval over the pairs and the
+    count of pairs where the treated arm is better."""
+    keys = [*by, "seed"]
+    left = records[records[arm] == treated].set_index(keys)[metric]
+    right = records[records[arm] == control].set_index(keys)[metric]
+    pairs = pd.concat({"treated": left, "control": right}, axis=1).dropna().reset_index()
+    rows = []
+    for group_key, group in pairs.groupby(by, sort=True):
+        diff = (group["treated"] - group["control"]).tolist()
+        mean, low, high = mean_ci(diff, level)
+        group_key = group_key if isinstance(group_key, tuple) else (group_key,)
+        rows.append(dict(zip(by, group_key, strict=True), pairs=len(diff), diff=mean, ci_low=low, ci_high=high,
+                         wins=int(sum(d > 0 for d in diff))))
+    return pd.DataFrame(rows)
+
+
+def read_test_metrics(path: str | Path, metric: str = "auroc") -> dict[str, float]:
+    """`metric` and its bootstrap interval from a `test_metrics.json` that `medconv test` wrote."""
+    report = json.loads(Path(path).read_text())["metrics"]
+    return {metric: report.get(metric, math.nan), f"{metric}_ci_low": report.get(f"{metric}_ci_low", math.nan),
+            f"{metric}_ci_high": report.get(f"{metric}_ci_high", math.nan), "n_test": report.get("n", math.nan)}
+
+
+def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub table without the `tabulate` dependency that pandas' own to_markdown needs."""
+    def cell(v: object) -> str:
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""Difficulty presets for the demo generators: `easy` (the original sets, byte for byte) and `hard`.
+
+Why: on `easy` a small model from random init reaches AUROC ~1.0 with all labels, which leaves no room to show what
+self-supervised pretraining adds when labels are scarce. `hard` keeps the same signal (a lesion, a tumour region)
+but weakens it: smaller, fainter lesions in busier breast texture; tumour whose nuclei and colour sit closer to
+normal tissue, under stronger stain variation between and within slides. Each preset is a frozen dataclass whose
+`easy` values are the literals the generators used before presets existed, so `easy` reproduces the old data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from medconv.errors import ConfigError
+
+DIFFICULTIES = ("easy", "hard")
+
+
+@dataclass(frozen=True)
+class MammoPreset:
+    lesion_size: float = 1.0  # multiplies the drawn lesion diameter (mass 8-25 mm, calcification cluster 8-15 mm)
+    lesion_contrast: float = 1.0  # multiplies the drawn contrast (a fraction of the breast's intensity range)
+    cloud_amplitude: float = 0.1  # brightness of fibroglandular clouds (1/f^3 texture) over fatty tissue
+    fine_texture: float = 0.012  # amplitude of the fine 1/f^2 texture (quantum noise, small structures)
+
+
+@dataclass(frozen=True)
+class WSIPreset:
+    tumour_background: tuple[int, int, int] = (196, 128, 186)  # tumour stroma RGB (normal: 234, 168, 198)
+    tumour_density: float = 1 / 260  # nuclei per pixel (normal: 1/1400)
+    tumour_axes: tuple[tuple[float, float], tuple[float, float]] = ((7, 12), (8, 15))  # semi-axes px (normal (3-4.5, 6-10))
+    tumour_colour: tuple[int, int, int] = (72, 36, 112)  # nucleus RGB (normal: 112, 72, 152)
+    tumour_jitter: int = 22
+    stain_jitter: float = 0.0  # per-slide, per-channel optical-density scale drawn from 1 +- this
+    stain_drift: float = 0.0  # smooth within-slide optical-density variation (relative amplitude)
+
+
+MAMMO_PRESETS = {
+    "easy": MammoPreset(),
+    "hard": MammoPreset(lesion_size=0.9, lesion_contrast=0.75, cloud_amplitude=0.12, fine_texture=0.016),
+}
+WSI_PRESETS = {
+    "easy": WSIPreset(),
+    "hard": WSIPreset(
+        tumour_background=(224, 156, 195), tumour_density=1 / 700, tumour_axes=((4, 6.5), (7, 11)),
+        tumour_colour=(98, 60, 140), tumour_jitter=18, stain_jitter=0.2, stain_drift=0.12,
+    ),
+}
+
+
+def check_difficulty(difficulty: str) -> str:
+    """`difficulty` when it names a preset, else a ConfigError that lists the presets."""
+    if difficulty not in DIFFICULTIES:
+        raise ConfigError(f"demo difficulty must be one of {list(DIFFICULTIES)}, not {difficulty!r}")
+    return difficulty
+
+
+def demo_root(demo_dir: str | Path, difficulty: str) -> Path:
+    """Where a datamodule keeps its demo set: `demo_dir` for easy (the folder earlier runs cached), a sibling
+    `<demo_dir>_<difficulty>` otherwise, so sets (and their tiles and prepared-image caches) never mix."""
+    check_difficulty(difficulty)
+    root = Path(demo_dir)
+    return root if difficulty == "easy" else root.with_name(f"{root.name}_{difficulty}")
+
+
+def preset_params(preset: MammoPreset | WSIPreset) -> dict:
+    """The preset as the JSON a demo set's parameter file stores (tuples as lists), so a set generated with a
+    retuned preset no longer matches and is regenerated rather than reused."""
+    return json.loads(json.dumps(asdict(preset)))
