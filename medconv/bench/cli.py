@@ -10,6 +10,7 @@ BENCHMARKS = {
     "gresnet-fuse": ("medconv.bench.gresnet_fuse", "GResNet: split-norm vs fused inference, images/s and max abs difference."),
     "models": ("medconv.bench.models", "Backbones x sizes x precision x attention: images/s and peak memory."),
     "ssl": ("medconv.bench.ssl", "Pretraining (MIM/DINO): PretrainModule vs bare PyTorch loop, images/s and ratio; CUDA peak memory."),
+    "infer": ("medconv.bench.infer", "Slide inference: loader vs model vs end-to-end tiles/s, slides/hour at 20x."),
     "gpu": ("medconv.bench.gpu", "Every GPU goal and the CUDA tests in one budgeted call; writes gpu_report.md."),
 }
 

@@ -1,0 +1,236 @@
+"""`medconv bench infer --slide PATH --ckpt CKPT`: where slide inference spends its time.
+
+Three figures from one run, so the bottleneck is visible: loader tiles/s (reads through the fast reader,
+resize, uint8 batches from DataLoader workers, no model; also with the tissue grid's time), model tiles/s (the checkpoint's model on batches
+already in memory, with the precision `medconv infer` uses), and end-to-end tiles/s (`medconv infer` itself:
+tiling, reading, model, heatmap/GeoJSON/h5 writing). Also slides/hour for a typical 20x slide (100k x 80k px at
+0.5 um/px) extrapolated from end-to-end tiles/s and this slide's tissue fraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from medconv.io.atomic import write_json
+
+TYPICAL_SLIDE = (100_000, 80_000, 0.5)  # width, height (px), mpp: a 20x scan
+
+
+def loader_rate(slide: Path, coords_h5: Path, loaded: Any, batch_size: int, workers: int, max_tiles: int | None,
+                slide_mpp: float | None) -> dict[str, float]:
+    """Tiles/s of the DataLoader alone (every tile read, resized, batched as `medconv infer` does; no model)."""
+    from medconv.inference.predictor import InferenceTiles
+    from medconv.wsi.tile_dataset import load_slide_tiles
+
+    tiles = load_slide_tiles(slide, coords_h5, 0, mpp=slide_mpp)
+    if max_tiles and len(tiles.coords) > max_tiles:
+        tiles = tiles.subset(np.linspace(0, len(tiles.coords) - 1, max_tiles).round().astype(int))
+    dataset = InferenceTiles([tiles], None, loaded.image_size)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
+    start = time.perf_counter()
+    n = sum(len(batch["image"]) for batch in loader)
+    seconds = time.perf_counter() - start
+    return {"tiles": n, "seconds": seconds, "tiles_per_s": n / seconds}
+
+
+def model_rate(loaded: Any, batch_size: int, device: torch.device, precision: str, min_seconds: float = 3.0) -> dict[str, float]:
+    """Tiles/s of the model on one in-memory uint8 batch, repeated (after warm-up), under the inference precision,
+    normalisation and softmax included (what `medconv infer` runs per batch)."""
+    from medconv.inference.predictor import TilePredictor
+
+    module = TilePredictor(loaded.module, loaded.mean, loaded.std).to(device).eval()
+    x = torch.randint(0, 256, (batch_size, loaded.in_chans, *loaded.image_size), dtype=torch.uint8, device=device)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
+    with torch.inference_mode(), autocast:
+        for _ in range(2):
+            module(x)
+        _sync(device)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < min_seconds or n < 3 * batch_size:
+            module(x).cpu()
+            n += batch_size
+        _sync(device)
+        seconds = time.perf_counter() - start
+    return {"tiles": n, "seconds": seconds, "tiles_per_s": n / seconds}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def slides_per_hour(tiles_per_s: float, tissue_fraction: float, tile_size: int, target_mpp: float,
+                    slide: tuple[int, int, float] = TYPICAL_SLIDE) -> tuple[float, float]:
+    """(tiles on the typical slide, slides/hour) at `tiles_per_s` with this tissue fraction."""
+    width, height, mpp = slide
+    side_um = tile_size * target_mpp
+    tiles = (width * mpp / side_um) * (height * mpp / side_um) * tissue_fraction
+    return tiles, 3600.0 * tiles_per_s / max(tiles, 1.0)
+
+
+def random_run(name: str, tile_size: int, target_mpp: float, folder: Path) -> Path:
+    """A run directory (config.yaml + checkpoint) of timm model `name` with random weights, for speed only."""
+    import yaml
+
+    from medconv.models import TimmBackbone
+    from medconv.tasks import ClassificationModule
+
+    backbone = {"name": name, "channels_last": False}
+    config = {"model": {"class_path": "medconv.tasks.ClassificationModule",
+                        "init_args": {"backbone": {"class_path": "medconv.models.TimmBackbone", "init_args": backbone}}},
+              "data": {"class_path": "medconv.wsi.WSITileDataModule",
+                       "init_args": {"image_size": [tile_size, tile_size], "tile_size": tile_size, "target_mpp": target_mpp,
+                                     "classes": ["normal", "tumor"]}}}
+    (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    module = ClassificationModule(TimmBackbone(img_size=(tile_size, tile_size), **backbone), num_classes=2)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"num_classes": 2}}, folder / "checkpoints" / "model.ckpt")
+    return folder
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.ckpt is None:
+        with tempfile.TemporaryDirectory(prefix="medconv-bench-model-") as tmp:
+            args.ckpt = random_run(args.model, args.tile_size or 224, args.target_mpp or 0.5, Path(tmp))
+            return _run(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from medconv.inference.checkpoint import load_model
+    from medconv.inference.cli import main as infer_main
+    from medconv.lightning_cli import default_precision
+    from medconv.tiling.coords_store import read_coords
+    from medconv.tiling.slide_tiler import TileOptions, tile_slide
+
+    loaded = load_model(args.ckpt)
+    tile_size, target_mpp = args.tile_size or loaded.tile_size, args.target_mpp or loaded.target_mpp
+    device = torch.device("cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu")
+    precision = default_precision() if device.type == "cuda" else "32-true"
+    out: dict[str, Any] = {"slide": str(args.slide), "backbone": loaded.module.backbone.name, "tile_size": tile_size,
+                           "target_mpp": target_mpp, "image_size": list(loaded.image_size), "batch_size": args.batch_size,
+                           "workers": args.num_workers, "device": str(device), "precision": precision,
+                           "torch_threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory(prefix="medconv-bench-infer-") as tmp:
+        tmp = Path(tmp)
+        start = time.perf_counter()
+        tile_slide(args.slide, tmp / "coords", args.slide.stem, TileOptions(target_mpp=target_mpp, tile_size=tile_size,
+                                                                            slide_mpp=args.slide_mpp))
+        out["grid_seconds"] = time.perf_counter() - start
+        _, attrs = read_coords(tmp / "coords" / f"{args.slide.stem}.h5")
+        out["n_tiles"] = int(attrs["n_tiles"])
+        area_mm2 = attrs["slide_width"] * attrs["slide_height"] * attrs["slide_mpp"] ** 2 / 1e6
+        out["tissue_fraction"] = float(attrs["tissue_mm2"]) / area_mm2
+        out["loader"] = loader_rate(args.slide, tmp / "coords" / f"{args.slide.stem}.h5", loaded, args.batch_size,
+                                    args.num_workers, args.max_tiles, args.slide_mpp)
+        out["loader"]["tiles_per_s_with_grid"] = out["n_tiles"] / (out["grid_seconds"] + out["n_tiles"] / out["loader"]["tiles_per_s"])
+        out["model"] = model_rate(loaded, args.batch_size, device, precision, args.min_seconds)
+        argv = [str(args.ckpt), str(args.slide), "--out", str(tmp / "infer"), "--batch-size", str(args.batch_size),
+                "--num-workers", str(args.num_workers), "--accelerator", device.type if device.type == "cpu" else "gpu"]
+        argv += ["--target-mpp", str(target_mpp), "--tile-size", str(tile_size)]
+        argv += ["--slide-mpp", str(args.slide_mpp)] if args.slide_mpp else []
+        start = time.perf_counter()
+        code = infer_main(argv)
+        seconds = time.perf_counter() - start
+        out["end_to_end"] = {"tiles": out["n_tiles"], "seconds": seconds, "tiles_per_s": out["n_tiles"] / seconds, "exit": code}
+        # the slide's own time in summary.csv: tiling, reading, model, writing; not process start or model loading
+        row = pd.read_csv(tmp / "infer" / "summary.csv").iloc[0]
+        out["end_to_end"]["slide_seconds"] = float(row["seconds"])
+        out["end_to_end"]["slide_tiles_per_s"] = float(row["tiles_per_s"])
+    if args.peer == "wsinfer":
+        out["wsinfer"] = run_peer(args, loaded, tile_size, target_mpp)
+    e2e = out["end_to_end"]["tiles_per_s"]
+    out["e2e_over_model"] = e2e / out["model"]["tiles_per_s"]
+    out["slide_over_model"] = out["end_to_end"]["slide_tiles_per_s"] / out["model"]["tiles_per_s"]
+    out["typical_slide_tiles"], out["slides_per_hour"] = slides_per_hour(e2e, out["tissue_fraction"], tile_size, target_mpp)
+    return out
+
+
+def run_peer(args: argparse.Namespace, loaded: Any, tile_size: int, target_mpp: float) -> dict[str, Any]:
+    """wsinfer on the same slide, tile size, mpp, workers and batch size: with a near-empty model (its loader)
+    and with this checkpoint's model exported to TorchScript (its end to end)."""
+    from medconv.bench.infer_peer import DEFAULT_VENV, NearEmpty, ensure_venv, export_torchscript, run_wsinfer, wsinfer_config
+
+    python = ensure_venv(args.peer_venv or DEFAULT_VENV)
+    config = wsinfer_config(loaded.classes, tile_size, target_mpp, loaded.image_size, loaded.mean, loaded.std)
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="medconv-bench-wsinfer-") as tmp:
+        tmp = Path(tmp)
+        for name, module in (("loader", NearEmpty(len(loaded.classes))), ("model", loaded.module)):
+            path = export_torchscript(module, tmp / f"{name}.pt", loaded.image_size)
+            out[name] = run_wsinfer(python, args.slide, path, config, tmp / name, args.batch_size, args.num_workers)
+    return out
+
+
+def report(r: dict[str, Any]) -> str:
+    lines = [
+        f"slide {r['slide']}: {r['n_tiles']} tiles of {r['tile_size']} px at {r['target_mpp']} um/px, "
+        f"tissue {100 * r['tissue_fraction']:.1f}%; model {r['backbone']} at {r['image_size']}, batch {r['batch_size']}, "
+        f"{r['workers']} workers, {r['device']} ({r['precision']}, {r['torch_threads']} threads)",
+        f"  loader      {r['loader']['tiles_per_s']:8.1f} tiles/s  (reads + resize, uint8 batches; with the tissue grid "
+        f"{r['loader']['tiles_per_s_with_grid']:.1f})",
+        f"  model       {r['model']['tiles_per_s']:8.1f} tiles/s  (in-memory batches)",
+        f"  end to end  {r['end_to_end']['tiles_per_s']:8.1f} tiles/s  ({r['e2e_over_model']:.2f} of the model bound; "
+        f"the whole `medconv infer` command)",
+        f"    per slide {r['end_to_end']['slide_tiles_per_s']:8.1f} tiles/s  ({r['slide_over_model']:.2f} of the model bound; "
+        f"the slide's tiling, reading, model and output writing, without start-up and model loading)",
+        f"  bottleneck: {'loader' if r['loader']['tiles_per_s'] < r['model']['tiles_per_s'] else 'model'}",
+        f"  typical 20x slide (100k x 80k px, same tissue fraction): {r['typical_slide_tiles']:.0f} tiles, "
+        f"{r['slides_per_hour']:.2f} slides/hour ({60 / max(r['slides_per_hour'], 1e-9):.1f} min/slide)",
+    ]
+    if "wsinfer" in r:
+        w = r["wsinfer"]
+        loader, e2e = w["loader"]["inference_tiles_per_s"], w["model"]["stages_tiles_per_s"]
+        lines += [
+            f"  wsinfer 0.6.1 on the same slide ({w['model']['tiles']} tiles from its own tissue mask), same model, "
+            f"workers, batch size:",
+            f"    loader (near-empty model)  {loader:8.1f} tiles/s  -> medconv loader {r['loader']['tiles_per_s'] / loader:.2f}x",
+            f"    end to end (its patching + inference + GeoJSON) {e2e:8.1f} tiles/s  -> medconv per slide "
+            f"{r['end_to_end']['slide_tiles_per_s'] / e2e:.2f}x; its inference stage alone "
+            f"{w['model']['inference_tiles_per_s']:.1f} tiles/s ({w['model']['inference_tiles_per_s'] / r['model']['tiles_per_s']:.2f} "
+            f"of the model bound); whole command {w['model']['tiles'] / w['model']['wall_s']:.1f} tiles/s",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="medconv bench infer", description=__doc__.splitlines()[0])
+    p.add_argument("--slide", type=Path, required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ckpt", type=Path, help="checkpoint or run directory")
+    which.add_argument("--model", help="or a timm model name with random weights (speed only; --tile-size/--target-mpp "
+                       "default 224 / 0.5)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--tile-size", type=int, default=None)
+    p.add_argument("--target-mpp", type=float, default=None)
+    p.add_argument("--slide-mpp", type=float, default=None)
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--max-tiles", type=int, default=None, help="loader figure from at most this many tiles (evenly spread)")
+    p.add_argument("--min-seconds", type=float, default=3.0, help="timed model work")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--peer", choices=["wsinfer"], default=None,
+                   help="also run wsinfer 0.6.1 side by side (its own venv, made on first use: needs the package index once)")
+    p.add_argument("--peer-venv", type=Path, default=None, help="where wsinfer's venv lives (default ~/.cache/medconv/...)")
+    args = p.parse_args(argv)
+    result = run(args)
+    print(report(result))
+    if args.json:
+        write_json(args.json, result)
+    return 0 if result["end_to_end"]["exit"] == 0 and math.isfinite(result["slides_per_hour"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

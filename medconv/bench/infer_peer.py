@@ -1,0 +1,146 @@
+"""The peer of `medconv bench infer --peer wsinfer`: wsinfer 0.6.1 (patch classification on WSIs with QuPath
+GeoJSON output; reads through tiffslide), run offline on the same slide, tile size, mpp, workers and model.
+
+wsinfer needs `zarr<3`, which medconv does not, so it lives in its own virtual environment, made on first use
+(`pip install wsinfer==0.6.1 "zarr<3"`, the one step that needs the package index). The environment sees
+medconv's own site-packages through a .pth file, so it shares this torch (pinned) instead of downloading
+another. wsinfer's CLI loads its model-zoo registry from the Hugging Face hub when imported: the driver below
+stubs that with an empty registry and runs a local TorchScript export of the medconv model (`--model-path`,
+`--config`), and times wsinfer's own stages (patching, inference, GeoJSON) from inside its process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import time
+import venv
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+WSINFER = "wsinfer==0.6.1"
+DEFAULT_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medconv" / "wsinfer-0.6.1-venv"
+
+DRIVER = r"""
+import json, sys, time
+import wsinfer_zoo.client as zoo
+zoo.load_registry = lambda registry_file=None: zoo.ModelRegistry(models={})  # offline: no hub look-up
+import wsinfer.cli.infer as infer
+timings = {}
+def timed(name, fn):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            timings[name] = time.perf_counter() - start
+    return wrapper
+infer.segment_and_patch_directory_of_slides = timed("patching", infer.segment_and_patch_directory_of_slides)
+infer.run_inference = timed("inference", infer.run_inference)
+infer.write_geojsons = timed("geojson", infer.write_geojsons)
+timings_path = sys.argv[1]
+try:
+    infer.run.main(sys.argv[2:], standalone_mode=False)
+finally:
+    with open(timings_path, "w") as f:
+        json.dump(timings, f)
+"""
+
+
+def ensure_venv(path: Path = DEFAULT_VENV) -> Path:
+    """The peer's python, creating its environment when missing."""
+    python = path / "bin" / "python"
+    if python.exists() and subprocess.run([python, "-c", "import wsinfer, zarr"], capture_output=True).returncode == 0:
+        return python
+    venv.EnvBuilder(with_pip=True, clear=True).create(path)
+    site = Path(subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip())
+    (site / "_medconv_site.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # share torch & co.
+    pins = path / "constraints.txt"
+    pins.write_text(f"torch=={torch.__version__.split('+')[0]}\n")
+    subprocess.run([python, "-m", "pip", "install", "-q", "-c", str(pins), WSINFER, "zarr<3"], check=True)
+    return python
+
+
+class _Logits(nn.Module):
+    """The classifier as wsinfer calls it: logits of a normalised batch. A plain module holding the
+    ClassificationModule's backbone and head (a LightningModule cannot be traced outside a Trainer)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.backbone, self.head = module.backbone, module.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+class NearEmpty(nn.Module):
+    """A model that costs nothing: the run then times the loader (reading, transforms, batching)."""
+
+    def __init__(self, num_classes: int = 2):
+        super().__init__()
+        self.head = nn.Linear(3, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def export_torchscript(module: nn.Module, path: Path, image_size: tuple[int, int]) -> Path:
+    """Trace `module` (eval, CPU, fp32) to TorchScript, as wsinfer's `--model-path` expects."""
+    module = module.eval().cpu()
+    with torch.no_grad():
+        traced = torch.jit.trace(_Logits(module) if not isinstance(module, NearEmpty) else module,
+                                 torch.randn(2, 3, *image_size))
+    traced.save(str(path))
+    return path
+
+
+def wsinfer_config(classes: list[str], tile_size: int, target_mpp: float, image_size: tuple[int, int],
+                   mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
+    """wsinfer's model config: the same tile size, mpp, resize and normalisation as medconv's inference."""
+    transform: list[dict[str, Any]] = []
+    if tuple(image_size) != (tile_size, tile_size):
+        transform.append({"name": "Resize", "arguments": {"size": list(image_size)}})
+    transform += [{"name": "ToTensor"}, {"name": "Normalize", "arguments": {"mean": list(mean), "std": list(std)}}]
+    return {"spec_version": "1.0", "architecture": "medconv-export", "num_classes": len(classes), "class_names": list(classes),
+            "patch_size_pixels": int(tile_size), "spacing_um_px": float(target_mpp), "transform": transform}
+
+
+def run_wsinfer(python: Path, slide: Path, model_path: Path, config: dict[str, Any], work: Path, batch_size: int,
+                workers: int) -> dict[str, Any]:
+    """Run wsinfer on one slide; its stage times (s), tile count and the command's wall time."""
+    work.mkdir(parents=True, exist_ok=True)
+    slides = work / "slides"
+    slides.mkdir(exist_ok=True)
+    link = slides / slide.name
+    if not link.exists():
+        link.symlink_to(slide.resolve())
+    (work / "config.json").write_text(json.dumps(config))
+    (work / "driver.py").write_text(DRIVER)
+    results = work / "results"
+    cmd = [str(python), str(work / "driver.py"), str(work / "timings.json"), "--wsi-dir", str(slides), "--results-dir",
+           str(results), "--model-path", str(model_path), "--config", str(work / "config.json"), "--batch-size",
+           str(batch_size), "--num-workers", str(workers)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"wsinfer failed ({done.returncode}): {done.stderr[-2000:]}")
+    timings = json.loads((work / "timings.json").read_text())
+    import h5py
+
+    with h5py.File(next((results / "patches").glob("*.h5")), "r") as f:
+        n = int(f["coords"].shape[0])
+    stages = sum(timings.get(k, 0.0) for k in ("patching", "inference", "geojson"))
+    return {"tiles": n, "wall_s": wall, **{f"{k}_s": v for k, v in timings.items()}, "stages_s": stages,
+            "inference_tiles_per_s": n / timings["inference"], "stages_tiles_per_s": n / stages}
+
+
+if __name__ == "__main__":  # pragma: no cover - manual: python -m medconv.bench.infer_peer
+    print(ensure_venv(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_VENV))

@@ -1,0 +1,146 @@
+"""`medconv infer CKPT INPUT... --out DIR`: slide heatmaps, tile scores, QuPath GeoJSON and slide scores, or
+mammogram predictions with saliency overlays, depending on what the checkpoint was trained on.
+
+CKPT is a .ckpt file or a run directory (its best checkpoint); the run's config.yaml says the model, tile size,
+target mpp and classes. INPUT: slide files, folders, globs, or a manifest CSV (`slide_path` [, slide_id, mpp];
+mammograms: `image_path` [, patient_id, exam_id, laterality, view]). A rerun skips finished slides.
+Exit code: 0 all ok or skipped, 1 some input failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from medconv.errors import ConfigError, MedconvError
+
+PROG = "medconv infer"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("ckpt", metavar="CKPT", help="checkpoint file or run directory (runs/<name>/version_N)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="slides/mammograms: files, folders, globs or a manifest .csv")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--target-mpp", type=float, default=None, help="tile resolution, um/px (default: the model's)")
+    p.add_argument("--tile-size", type=int, default=None, help="tile side in px at the target mpp (default: the model's)")
+    p.add_argument("--coords-dir", type=Path, default=None, help="reuse `medconv tile` stores (<slide>.h5) instead of tiling")
+    p.add_argument("--min-tissue", type=float, default=0.25, help="tissue fraction a tile needs when tiling on the fly")
+    p.add_argument("--slide-mpp", type=float, default=None, help="um/px for slides whose files lack it (overrides all)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers per process")
+    p.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu, ...")
+    p.add_argument("--devices", default="1", help="Lightning devices: a count, a list like 0,1, or auto")
+    p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp: each slide goes to one process")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--precision", default=None, help="default: bf16/16 mixed (AMP) on GPU, 32-true on CPU")
+    p.add_argument("--aggregate", default="max", help="slide score from tile probabilities: mean, max, topk or topk:K")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability for regions (GeoJSON annotations) and the "
+                   "predicted class of two-class models")
+    p.add_argument("--class", dest="class_name", default=None, help="class the heatmap and score are about (default: the last)")
+    p.add_argument("--masks", default=None, help="tumour masks to evaluate the heatmaps against: a folder of "
+                   "<slide>[_tumor].png or a CSV with slide_id|slide_path, mask_path[, mask_downsample]")
+    p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs are complete")
+    p.add_argument("--backend", default="auto", help="slide reader: auto, openslide, tiff, plain")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        return run(args)
+    except MedconvError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from medconv.inference.checkpoint import load_model
+    from medconv.inference.heatmap import parse_aggregate
+
+    try:
+        aggregate = parse_aggregate(args.aggregate)
+    except ValueError as err:
+        raise ConfigError(f"--aggregate: {err}") from err
+    if not 0 <= args.threshold <= 1:
+        raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
+    loaded = load_model(args.ckpt)
+    positive = _positive(loaded.classes, args.class_name)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if loaded.modality == "mammo":
+        from medconv.inference.mammo_run import run_mammo
+
+        return run_mammo(loaded, args, positive)
+    return _run_wsi(loaded, args, aggregate, positive)
+
+
+def _positive(classes: list[str], name: str | None) -> int:
+    if name is None:
+        return len(classes) - 1
+    if name not in classes:
+        raise ConfigError(f"--class {name!r} is not one of the model's classes {classes}")
+    return classes.index(name)
+
+
+def _run_wsi(loaded, args: argparse.Namespace, aggregate, positive: int) -> int:  # noqa: ANN001
+    from medconv.inference.slide_data import InferOptions
+    from medconv.inference.slide_inputs import slide_jobs
+    from medconv.inference.slide_outputs import SlideSettings
+    from medconv.inference.slide_run import run_slides, write_summary
+
+    target_mpp = args.target_mpp or loaded.target_mpp
+    tile_size = args.tile_size or loaded.tile_size
+    if not target_mpp or not tile_size:
+        raise ConfigError(f"{loaded.config}: the run's config names no target_mpp/tile_size; pass --target-mpp and --tile-size.")
+    jobs, not_slides = slide_jobs(args.inputs, exclude=[args.out], slide_mpp=args.slide_mpp)
+    settings = SlideSettings(tuple(loaded.classes), positive, aggregate, args.threshold)
+    trainer_kwargs = _trainer_kwargs(args)
+    options = InferOptions(
+        out_dir=args.out, settings=settings, model=loaded.fingerprint(), target_mpp=float(target_mpp), tile_size=int(tile_size),
+        image_size=loaded.image_size, mean=loaded.mean, std=loaded.std, coords_dir=args.coords_dir, min_tissue=args.min_tissue,
+        batch_size=args.batch_size, num_workers=args.num_workers, overwrite=args.overwrite, backend=args.backend,
+        pin_memory=trainer_kwargs["accelerator"] not in ("cpu",),
+    )
+    rows, is_main = run_slides(jobs, options, loaded.module, trainer_kwargs)
+    rows += [{"slide": p.name, "path": str(p), "status": "skipped", "n_tiles": 0, "error": why} for p, why in not_slides]
+    failed = [r for r in rows if r["status"] == "failed"]
+    if is_main:
+        summary = write_summary(args.out / "summary.csv", rows, loaded.classes)
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "failed")}
+        print(f"{PROG}: {counts['ok']} slides done, {counts['skipped']} skipped, {counts['failed']} failed; see {summary}",
+              file=sys.stderr)
+        for r in failed:
+            print(f"  failed {r['slide']}: {r['error']}", file=sys.stderr)
+        if args.masks:
+            from medconv.inference.quality import evaluate_dir, print_quality
+
+            print_quality(evaluate_dir(args.out, args.masks, [r["slide"] for r in rows if r["status"] != "failed"]))
+    return 1 if failed else 0
+
+
+def _trainer_kwargs(args: argparse.Namespace) -> dict:
+    import torch
+
+    from medconv.lightning_cli import default_precision
+
+    devices: int | str | list[int] = args.devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    elif isinstance(devices, str) and "," in devices:
+        devices = [int(d) for d in devices.split(",") if d]
+    accelerator = args.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    precision = args.precision or (default_precision() if accelerator != "cpu" else "32-true")
+    return {"accelerator": accelerator, "devices": devices, "strategy": args.strategy, "num_nodes": args.num_nodes,
+            "precision": precision}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Run slide inference through `Trainer.predict` and write each slide's outputs as soon as its tiles are scored.
+
+`SlideWriter` (a `BasePredictionWriter`) collects the probabilities batch by batch (batches may straddle
+slides) and, when a slide's last tile arrives, writes its h5 / PNG / GeoJSON on the process that owns the
+slide, in a background thread, so the model goes on with the next slide meanwhile. After predict, the processes exchange their summary rows and process 0 writes summary.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import BasePredictionWriter
+from tqdm import tqdm
+
+from medconv import keys
+from medconv.inference.predictor import PADDING_ID
+from medconv.inference.slide_data import InferOptions, PreparedSlide, SlideInferenceData, SlideJob, failed_row
+from medconv.inference.slide_outputs import thumbnail_for, write_slide_outputs
+from medconv.io.atomic import write_text
+
+SUMMARY_COLUMNS = ("slide", "status", "score", "predicted_class", "n_tiles", "seconds", "tiles_per_s", "n_regions", "error",
+                   "process")
+
+
+class SlideWriter(BasePredictionWriter):
+    """Per slide: gather the tile probabilities in order, then write the outputs (one row per slide)."""
+
+    def __init__(self, options: InferOptions):
+        super().__init__(write_interval="batch")
+        self.options = options
+        self.rows: list[dict[str, Any]] = []
+        self._slides: dict[str, PreparedSlide] = {}
+        self._parts: dict[str, list[np.ndarray]] = {}
+        self._xy: dict[str, list[np.ndarray]] = {}
+        self._started: dict[str, float] = {}
+        self._mark = 0.0
+        self._bar: tqdm | None = None
+        self._slide_bar: tqdm | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-writer")
+        self._pending: list[Future] = []
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        self._slides = {p.job.name: p for p in dm.prepared}
+        total = sum(len(p.tiles.coords) for p in dm.prepared)
+        rank = trainer.global_rank
+        self._mark = time.perf_counter()  # the predict loop's time is split between slides as each one completes
+        self._bar = tqdm(total=total, desc=f"tiles (process {rank})", unit="tile", position=2 * rank, disable=None)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:  # noqa: ANN001
+        probs = prediction["probs"].float().numpy()
+        slide_ids = list(prediction[keys.SLIDE_ID])
+        xs, ys = (torch.as_tensor(prediction[k]).numpy() for k in (keys.X, keys.Y))
+        start = 0
+        while start < len(slide_ids):  # consecutive runs of one slide (the loader goes slide by slide)
+            name = slide_ids[start]
+            end = start
+            while end < len(slide_ids) and slide_ids[end] == name:
+                end += 1
+            if name != PADDING_ID:
+                self._add(name, probs[start:end], np.stack([xs[start:end], ys[start:end]], axis=1), trainer.global_rank)
+            start = end
+        if self._bar is not None:
+            self._bar.update(len(slide_ids))
+
+    def _add(self, name: str, probs: np.ndarray, xy: np.ndarray, rank: int) -> None:
+        if name not in self._started:
+            self._started[name] = time.perf_counter()
+            n = len(self._slides[name].tiles.coords)
+            if self._slide_bar is not None:
+                self._slide_bar.close()
+            self._slide_bar = tqdm(total=n, desc=name, unit="tile", position=2 * rank + 1, leave=False, disable=None)
+        self._parts.setdefault(name, []).append(probs)
+        self._xy.setdefault(name, []).append(xy)
+        if self._slide_bar is not None:
+            self._slide_bar.update(len(probs))
+        if sum(len(p) for p in self._parts[name]) == len(self._slides[name].tiles.coords):
+            scores, xy = np.concatenate(self._parts.pop(name)), np.concatenate(self._xy.pop(name))
+            # the slide's time: its tiling, then the loop since the previous slide completed, then its writing
+            start = self._mark - self._slides[name].prepare_s
+            self._mark = time.perf_counter()
+            self._pending.append(self._pool.submit(self._finish, name, scores, xy, start))
+
+    def _finish(self, name: str, scores: np.ndarray, xy: np.ndarray, start: float) -> None:
+        prepared = self._slides[name]
+        try:
+            if not np.array_equal(xy, prepared.tiles.coords):
+                raise RuntimeError("tiles came back out of order; the DataLoader must not shuffle")
+            from medconv.io.slide import open_slide
+
+            reader = open_slide(prepared.job.path, mpp=prepared.job.mpp, backend=self.options.backend)
+            try:
+                thumbnail = thumbnail_for(reader)
+            finally:
+                reader.close()
+            result = write_slide_outputs(self.options.out_dir, name, prepared.tiles.coords, scores, prepared.store_attrs,
+                                         self.options.settings, prepared.run, thumbnail)
+        except Exception as err:
+            self.rows.append(failed_row(prepared.job, err, start))
+            return
+        n = len(scores)
+        seconds = time.perf_counter() - start
+        self.rows.append({"slide": name, "path": str(prepared.job.path), "status": "ok", "n_tiles": n, **result,
+                          "seconds": round(seconds, 3), "tiles_per_s": round(n / max(seconds, 1e-9), 1), "error": ""})
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.wait()
+        for bar in (self._slide_bar, self._bar):
+            if bar is not None:
+                bar.close()
+
+    def wait(self) -> None:
+        """Block until every slide handed to the writer thread is written (its row appended)."""
+        for future in self._pending:
+            future.result()
+        self._pending.clear()
+
+
+def run_slides(jobs: list[SlideJob], options: InferOptions, classifier: torch.nn.Module,
+               trainer_kwargs: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """Predict every slide once across all processes; (all summary rows, is process 0)."""
+    from medconv.inference.predictor import TilePredictor
+
+    module = TilePredictor(classifier, options.mean, options.std)
+    data = SlideInferenceData(jobs, options)
+    writer = SlideWriter(options)
+    trainer = L.Trainer(callbacks=[writer], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, use_distributed_sampler=False, default_root_dir=str(options.out_dir),
+                        **trainer_kwargs)
+    trainer.predict(module, datamodule=data, return_predictions=False)
+    writer.wait()
+    done = {r["slide"] for r in data.rows + writer.rows}
+    # a slide whose tiles never all arrived (cannot happen unless the loader dropped some): reported, not lost
+    lost = [failed_row(p.job, RuntimeError("not every tile was scored"), time.perf_counter())
+            for p in data.prepared if p.job.name not in done]
+    for row in data.rows + writer.rows + lost:
+        row["process"] = trainer.global_rank  # which process ran the slide (DDP: each slide exactly once)
+    rows = gather_rows(data.rows + writer.rows + lost)
+    return sorted(rows, key=lambda r: r["slide"]), trainer.global_rank == 0
+
+
+def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every process's rows, on every process (DDP); the rows themselves otherwise."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    parts: list[list[dict[str, Any]]] = [None] * dist.get_world_size()  # type: ignore[list-item]
+    dist.all_gather_object(parts, rows)
+    return [r for part in parts for r in part]
+
+
+def write_summary(path: Path, rows: list[dict[str, Any]], classes: list[str]) -> Path:
+    """summary.csv: one row per slide, with status and error, written atomically."""
+    columns = [*SUMMARY_COLUMNS, *(f"score_{c}" for c in classes), "path"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k)) for k in columns})
+    return write_text(path, buffer.getvalue())
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return round(value, 6)
+    return value
