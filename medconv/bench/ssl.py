@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -20,10 +19,10 @@ from torch.utils.data import DataLoader
 
 from medconv import keys
 from medconv.bench.machine import cpu_model
-from medconv.bench.train_overhead import StepTimer, _autocast, _Batches, _sync
+from medconv.bench.train_overhead import StepTimer, _autocast, _Batches, _sync, add_loop_arguments
 from medconv.io.atomic import write_json
 
-PRECISIONS = {"bf16": "bf16-mixed", "16": "16-mixed", "32": "32-true"}
+PRECISIONS = {"bf16": "bf16-mixed", "16": "16-mixed", "32": "32-true"}  # --precision -> Lightning's
 
 
 def parse_model(spec: str) -> tuple[str, dict]:
@@ -133,17 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", nargs="+", default=["convnext_atto", "swin_tiny_patch4_window7_224:window_size=8"],
                         help="timm names, each optionally with constructor arguments `name:key=value,...` (Swin's windows "
                              "must tile the stride-32 grid: window_size=8 at 256, 1024, 2048 px); one CNN and one ViT by default")
-    parser.add_argument("--image-size", type=int, nargs=2, default=[224, 224], metavar=("H", "W"))
-    parser.add_argument("--in-chans", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each side counts")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="bf16" if torch.cuda.is_available() else "32")
+    add_loop_arguments(parser, size=256, batch=8, steps=10, warmup=2)
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[1024, 2048],
                         help="square sizes for the CUDA peak-memory table (batch 1); skipped on CPU")
-    parser.add_argument("--json", type=Path, help="write the figures here as JSON")
     return parser
 
 

@@ -134,16 +134,21 @@ def medconv_loop(model_name: str, loader: DataLoader, steps: int, warmup: int, d
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medconv bench train-overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="convnext_atto", help="timm model name (default: convnext_atto)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=[224, 224], metavar=("H", "W"))
+    add_loop_arguments(parser, size=224, batch=16, steps=20, warmup=3)
+    return parser
+
+
+def add_loop_arguments(parser: argparse.ArgumentParser, size: int, batch: int, steps: int, warmup: int) -> None:
+    """The options every bare-loop-versus-medconv benchmark shares (train-overhead, ssl)."""
+    parser.add_argument("--image-size", type=int, nargs=2, default=[size, size], metavar=("H", "W"))
     parser.add_argument("--in-chans", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per round")
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each side counts")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["32", "bf16", "16"], default="bf16" if torch.cuda.is_available() else "32")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

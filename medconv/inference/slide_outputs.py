@@ -21,7 +21,7 @@ from medconv.inference.heatmap import Aggregation, aggregate_scores, assemble_he
 from medconv.inference.overlay import OVERLAY_SIDE, render_overlay
 from medconv.inference.regions import threshold_regions
 from medconv.io.atomic import atomic_path
-from medconv.tiling.coords_store import is_complete
+from medconv.tiling.coords_store import is_complete, plain_attr
 
 FORMAT = "medconv-scores/1"
 #: h5 attributes that must match for a slide to count as done (model, tiling, source file)
@@ -49,7 +49,7 @@ def finished(out_dir: Path, name: str, run: dict[str, Any]) -> dict[str, Any] | 
         return None
     try:
         with h5py.File(paths["h5"], "r") as f:
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            attrs = {k: plain_attr(v) for k, v in f.attrs.items()}
     except OSError:
         return None
     for key in RUN_KEYS:
@@ -63,8 +63,8 @@ def read_scores(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any
     with h5py.File(path, "r") as f:
         coords = np.asarray(f["coords"][()], dtype=np.int64).reshape(-1, 2)
         scores = np.asarray(f["scores"][()], dtype=np.float32)
-        coords_attrs = {k: _plain(v) for k, v in f["coords"].attrs.items()}
-        file_attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        coords_attrs = {k: plain_attr(v) for k, v in f["coords"].attrs.items()}
+        file_attrs = {k: plain_attr(v) for k, v in f.attrs.items()}
     return coords, scores, coords_attrs, file_attrs
 
 
@@ -149,13 +149,3 @@ def remove_stale_temps(out_dir: Path, name: str) -> None:
     for path in output_paths(out_dir, name).values():
         for tmp in out_dir.glob(glob.escape(f".{path.stem}.") + "*.tmp" + glob.escape(path.suffix)):
             tmp.unlink(missing_ok=True)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -60,7 +60,7 @@ def read_coords(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
                 raise InputFileError(f"{path}: no `coords` dataset; it is not a coords store, re-run `medconv tile`.")
             dset = f["coords"]
             coords = np.asarray(dset[()], dtype=np.int64).reshape(-1, 2)
-            attrs = {k: _plain(v) for k, v in dset.attrs.items()}
+            attrs = {k: plain_attr(v) for k, v in dset.attrs.items()}
     except OSError as err:
         raise InputFileError(f"{path}: unreadable HDF5 ({err}); delete it and re-run `medconv tile`.") from err
     return coords, attrs
@@ -81,7 +81,8 @@ def is_complete(path: str | Path) -> bool:
         return False
 
 
-def _plain(value: Any) -> Any:
+def plain_attr(value: Any) -> Any:
+    """An HDF5 attribute as a plain Python value (str, list, int/float), for JSON and comparisons."""
     if isinstance(value, bytes):
         return value.decode()
     if isinstance(value, np.ndarray):

@@ -14,14 +14,8 @@ import medconv.models.gresnet  # noqa: F401  (registers gresnet* with timm)
 from medconv.models.gresnet import GResNet, Shortcut
 from medconv.models.split_norm import FusedConv2d, SplitNormConv2d
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On the shared 2-core machine two OpenMP threads spin against other processes: 4x slower wall time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tiny(**kwargs) -> GResNet:

@@ -17,6 +17,8 @@ from medconv.errors import ConfigError
 from medconv.models import TimmBackbone
 from medconv.ssl.dino import DINO, cosine_momentum, dino_loss, fixed_input_size, teacher_temperature, updated_centre
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = {
     "convnext": ("convnext_atto", {"depths": [1, 1, 1, 1], "dims": [16, 32, 48, 64]}),
     "vit": ("vit_tiny_patch16_224", {"depth": 2, "embed_dim": 64, "num_heads": 2}),
@@ -25,14 +27,6 @@ TINY = {
     "pvt_v2": ("pvt_v2_b0", {"depths": [1, 1, 1, 1], "embed_dims": [16, 32, 48, 64], "num_heads": [1, 1, 2, 2]}),
 }
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast, and far faster than two on a CPU shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _backbone(family: str, **kwargs) -> TimmBackbone:

@@ -11,6 +11,8 @@ from medconv.models import TimmBackbone
 from medconv.ssl import MaskedImageModelling
 from medconv.ssl.masking import mask_to_pixels, random_grid_mask
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # tiny timm configs; Swin windows of 4 tile the 16/8/4/2 grids of a 64x64 input (clamped to 2 at the last stage)
 FAMILIES = {
     "convnext": ("convnext_atto", {"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]}, (64, 96)),
@@ -24,14 +26,6 @@ FAMILIES = {
 }
 CNNS = ["convnext", "resnet_d", "gresnet"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: intra-op threads only contend (10x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(family: str, in_chans: int = 1, **kwargs) -> MaskedImageModelling:

@@ -10,16 +10,10 @@ from medconv.models import TimmBackbone
 from medconv.ssl import MaskedImageModelling
 from medconv.ssl.mim import masked_pixel_loss, normalise_patches
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CONVNEXT = ("convnext_atto", {"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]})
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: intra-op threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def convnext(size=(64, 96), in_chans=1, **kwargs) -> MaskedImageModelling:

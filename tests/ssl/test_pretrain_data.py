@@ -18,13 +18,8 @@ from medconv.ssl.data import PretrainDataModule, stratified_indices
 from medconv.ssl.folder import ImageFolder
 from medconv.wsi import WSITileDataModule
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _epoch(dm: PretrainDataModule) -> list[dict]:

@@ -14,17 +14,12 @@ from medconv.ssl.folder import FolderDataset
 from medconv.ssl.views import ViewDataset, default_local_size
 from medconv.wsi.transforms import IMAGENET_MEAN, IMAGENET_STD, HEAugment
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Each image's red channel is one constant of its own (flips, 90° rotations and crops keep it), green and blue
 # are gradients (so two crops of one image differ).
 RED = [0.1, 0.3, 0.5, 0.7, 0.9]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
