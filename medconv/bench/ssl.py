@@ -10,7 +10,6 @@ On CUDA it also reports the peak memory of one masked-modelling step per model a
 from __future__ import annotations
 
 import argparse
-import time
 
 import lightning as L
 import torch
@@ -19,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from medconv import keys
 from medconv.bench.machine import cpu_model
-from medconv.bench.train_overhead import StepTimer, _autocast, _Batches, _sync, add_loop_arguments
+from medconv.bench.train_overhead import StepTimer, _autocast, _Batches, add_loop_arguments, timed_loop
 from medconv.io.atomic import write_json
 
 PRECISIONS = {"bf16": "bf16-mixed", "16": "16-mixed", "32": "32-true"}  # --precision -> Lightning's
@@ -55,28 +54,8 @@ def _views(method: str, batch: dict) -> dict:
 
 def bare_loop(objective: nn.Module, method: str, loader: DataLoader, steps: int, warmup: int, device: str, precision: str) -> float:
     objective = objective.to(device).train()
-    opt = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-4)
-    scaler = torch.amp.GradScaler(device, enabled=precision == "16")
-    after = getattr(objective, "after_optimizer_step", None)
-    seen, start = 0, 0.0
-    it = iter(loader)
-    for step in range(warmup + steps):
-        if step == warmup:
-            _sync(device)
-            start = time.perf_counter()
-        batch = {k: v.to(device, non_blocking=True) for k, v in next(it).items()}
-        with _autocast(device, precision):
-            loss = objective(_views(method, batch))["loss"]
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        if after is not None:
-            after(step + 1, warmup + steps)
-        if step >= warmup:
-            seen += len(batch[keys.IMAGE])
-    _sync(device)
-    return seen / (time.perf_counter() - start)
+    return timed_loop(lambda b: objective(_views(method, b))["loss"], objective.parameters(), loader, steps, warmup, device,
+                      precision, after=getattr(objective, "after_optimizer_step", None))
 
 
 class _Views(nn.Module):

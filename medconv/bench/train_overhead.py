@@ -56,7 +56,15 @@ def bare_loop(model_name: str, loader: DataLoader, steps: int, warmup: int, devi
 
     torch.manual_seed(0)
     model = timm.create_model(model_name, num_classes=2, in_chans=chans).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    return timed_loop(lambda b: torch.nn.functional.cross_entropy(model(b[keys.IMAGE]), b[keys.LABEL]), model.parameters(),
+                      loader, steps, warmup, device, precision)
+
+
+def timed_loop(loss_fn, params, loader: DataLoader, steps: int, warmup: int, device: str, precision: str,  # noqa: ANN001
+               after=None) -> float:  # noqa: ANN001
+    """Images/s of `loss_fn(batch).backward(); AdamW.step()` over steps [warmup, warmup + steps): the bare PyTorch side
+    of every benchmark against medconv's Lightning modules. `after(step, total)` runs after each optimiser step."""
+    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-4)
     scaler = torch.amp.GradScaler(device, enabled=precision == "16")
     seen, start = 0, 0.0
     it = iter(loader)
@@ -64,16 +72,17 @@ def bare_loop(model_name: str, loader: DataLoader, steps: int, warmup: int, devi
         if step == warmup:
             _sync(device)
             start = time.perf_counter()
-        batch = next(it)
-        x, y = batch[keys.IMAGE].to(device, non_blocking=True), batch[keys.LABEL].to(device, non_blocking=True)
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(it).items()}
         with _autocast(device, precision):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss = loss_fn(batch)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
+        if after is not None:
+            after(step + 1, warmup + steps)
         if step >= warmup:
-            seen += len(x)
+            seen += len(batch[keys.IMAGE])
     _sync(device)
     return seen / (time.perf_counter() - start)
 
