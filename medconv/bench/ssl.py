@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     size = tuple(args.image_size)
     data = _Batches(args.batch * (args.steps + args.warmup), args.in_chans, size, distinct=args.batch * 4)
     loader = DataLoader(data, batch_size=args.batch, num_workers=0, pin_memory=args.device == "cuda")

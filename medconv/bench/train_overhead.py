@@ -157,11 +157,15 @@ def add_loop_arguments(parser: argparse.ArgumentParser, size: int, batch: int, s
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each side counts")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["32", "bf16", "16"], default="bf16" if torch.cuda.is_available() else "32")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads on the CPU (default: torch's); 1 steadies "
+                        "timings on a machine other jobs share")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     size = tuple(args.image_size)
     data = _Batches(args.batch * (args.steps + args.warmup), args.in_chans, size, distinct=args.batch * 4)
