@@ -79,3 +79,23 @@ def test_finetune_loads_the_export_strictly(pretrained: tuple[Path, Path], tmp_p
     report = cli.model.backbone.weight_report
     assert report.ok and len(report.loaded) == len(load_file(run / "encoder.safetensors"))
     assert json.loads((Path(cli.trainer.log_dir) / "summary.json").read_text())["best_checkpoint"]
+
+
+def test_dino_under_ddp_two_processes(pretrained: tuple[Path, Path], tmp_path: Path) -> None:
+    """DINO's centre is all-reduced, the probe runs on rank 0 alone: two CPU processes must finish and export once."""
+    import os
+    import subprocess
+    import sys
+
+    data, _ = pretrained
+    args = _pretrain_args(data, tmp_path, "dino_convnext.yaml", "--trainer.max_epochs", "1", "--trainer.strategy", "ddp",
+                          "--trainer.devices", "2", "--model.init_args.objective.init_args.out_dim", "256",
+                          "--model.init_args.objective.init_args.hidden_dim", "64", "--data.init_args.n_local", "2")[1:]
+    result = subprocess.run([sys.executable, "-m", "medconv.cli", "fit", *args], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = sorted((tmp_path / "tiny_pretrain").glob("version_*"))
+    meta = json.loads((run / "encoder.json").read_text())
+    assert meta["method"] == "DINO" and meta["epochs"] == 1
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics["train/teacher_entropy"].notna().any() and metrics["probe/knn_auroc"].notna().sum() == 1
