@@ -53,6 +53,8 @@ class ClassificationDataModule(L.LightningDataModule):
         self.predict_split = predict_split
         self.table: pd.DataFrame | None = None
         self.datasets: dict[str, Dataset] = {}
+        # Pretraining (medconv.ssl.data.PretrainDataModule) sets False: a manifest without labels is then unlabelled.
+        self.labels_required = True
 
     # --- what subclasses provide -------------------------------------------------------------
     def load_table(self) -> pd.DataFrame:

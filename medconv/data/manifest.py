@@ -25,9 +25,11 @@ def read_manifest(
     classes: Sequence[str] | None = None,
     label_column: str = "label",
     group_column: str = "patient_id",
+    labels_optional: bool = False,
 ) -> pd.DataFrame:
     """Read and validate a manifest; relative paths are resolved against the manifest's folder."""
-    table, problems = validate_manifest(path, required_columns, path_columns, optional_path_columns, classes, label_column, group_column)
+    table, problems = validate_manifest(path, required_columns, path_columns, optional_path_columns, classes, label_column, group_column,
+                                        labels_optional)
     raise_if_problems(path, problems)
     return table
 
@@ -40,8 +42,12 @@ def validate_manifest(
     classes: Sequence[str] | None = None,
     label_column: str = "label",
     group_column: str = "patient_id",
+    labels_optional: bool = False,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """The table and every problem found (empty list when valid), for callers that add checks of their own."""
+    """The table and every problem found (empty list when valid), for callers that add checks of their own.
+
+    `labels_optional` (self-supervised pretraining): a manifest without the label column is read as unlabelled
+    (every label empty) instead of being refused."""
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"{path}: manifest not found; pass an existing CSV file (columns: {', '.join(required_columns)}).")
@@ -49,6 +55,8 @@ def validate_manifest(
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise ManifestError(f"{path}: not a readable CSV ({err}).") from err
+    if labels_optional and label_column not in table.columns:
+        table[label_column] = ""
     missing = [c for c in required_columns if c not in table.columns]
     if missing:
         raise ManifestError(

@@ -81,7 +81,8 @@ class MammoDataModule(ClassificationDataModule):
 
     def _validated(self) -> tuple[pd.DataFrame, list[str]]:
         table, problems = validate_manifest(
-            self.manifest_path(), REQUIRED, path_columns=["image_path"], optional_path_columns=["mask_path"], classes=self._classes
+            self.manifest_path(), REQUIRED, path_columns=["image_path"], optional_path_columns=["mask_path"], classes=self._classes,
+            labels_optional=not self.labels_required,
         )
         for column in OPTIONAL:
             if column not in table.columns:

@@ -53,6 +53,8 @@ class PretrainDataModule(L.LightningDataModule):
         if views not in ("image", "crops"):
             raise ConfigError(f"views must be 'image' (masked image modelling) or 'crops' (DINO multi-crop), not {views!r}")
         self.source = source
+        if isinstance(source, ClassificationDataModule):
+            source.labels_required = False  # a manifest without a label column is unlabelled data, not an error
         self.views = views
         self.n_global, self.n_local = n_global, n_local
         self.local_size = tuple(local_size) if local_size is not None else None

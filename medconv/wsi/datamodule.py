@@ -124,7 +124,7 @@ class WSITileDataModule(ClassificationDataModule):
             manifest = Path(self.manifest)
             coords_dir = Path(self.coords_dir).expanduser().resolve() if self.coords_dir else None  # relative to cwd
         table = read_manifest(manifest, REQUIRED, path_columns=["slide_path"], optional_path_columns=OPTIONAL_PATHS,
-                              classes=self._classes)
+                              classes=self._classes, labels_optional=not self.labels_required)
         if "slide_id" not in table.columns or (table["slide_id"] == "").any():
             table["slide_id"] = [Path(p).stem for p in table["slide_path"]]
         problems = []

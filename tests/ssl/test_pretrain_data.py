@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from medconv import keys
-from medconv.errors import InputFileError
+from medconv.errors import InputFileError, ManifestError
 from medconv.mammo import MammoDataModule
 from medconv.ssl.data import PretrainDataModule, stratified_indices
 from medconv.ssl.folder import ImageFolder
@@ -118,21 +118,25 @@ def test_mammo_probe_loaders_have_labels(mammo_dir):
     assert image.shape == (4, 1, 64, 48)
 
 
-@pytest.mark.parametrize("label", ["negative", ""])
+@pytest.mark.parametrize("label", ["negative", "", None])
 def test_mammo_manifest_with_one_or_no_label(mammo_dir, label):
-    """Unlabelled manifests pretrain: every label one class, or every label empty."""
+    """Unlabelled manifests pretrain: every label one class, every label empty, or no label column at all."""
     source = _mammo(mammo_dir)
     table = pd.read_csv(source.manifest_path(), dtype=str, keep_default_na=False)
     table = table[["image_path", "patient_id", "exam_id", "laterality", "view"]].copy()  # no masks, no boxes
     table["image_path"] = [str(source.manifest_path().parent / p) for p in table["image_path"]]
-    table["label"] = label
-    manifest = mammo_dir / f"unlabelled_{label or 'empty'}.csv"
+    if label is not None:
+        table["label"] = label
+    manifest = mammo_dir / f"unlabelled_{label or ('empty' if label == '' else 'none')}.csv"
     table.to_csv(manifest, index=False)
     dm = PretrainDataModule(_mammo(mammo_dir, manifest=str(manifest)), "crops", n_local=0)
     batch = _epoch(dm)[0]
     assert [tuple(c.shape) for c in batch[keys.CROPS]] == [(4, 1, 64, 48)] * 2
     assert dm.num_classes == 1 and dm.probe_dataloaders() is None
     assert not set(batch[keys.PATIENT_ID]) & set(dm.source.splits["val"]["patient_id"])
+    if label is None:  # a classifier still refuses the same manifest: it needs labels
+        with pytest.raises(ManifestError, match="missing column"):
+            _mammo(mammo_dir, manifest=str(manifest)).setup("fit")
 
 
 # --- slide tiles -------------------------------------------------------------------------------------------
