@@ -107,7 +107,7 @@ def finetune_and_test(modality: str, family: str, init: str, seed: int, encoder:
     row = {"modality": modality, "family": family, "backbone": BACKBONES[family], "init": init, "seed": seed,
            **read_test_metrics(report), "seconds": round(time.time() - start), "run": str(run)}
     group = {"mammo": "exam", "wsi": "slide"}[modality]
-    row |= {f"{group}_{k}": v for k, v in read_test_metrics(report, f"{group}/auroc").items() if k.startswith(group)}
+    row |= {k.replace("/", "_"): v for k, v in read_test_metrics(report, f"{group}/auroc").items() if k.startswith(group)}
     return row
 
 
