@@ -18,8 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from medconv import keys
-from medconv.bench.machine import cpu_model
-from medconv.bench.train_overhead import StepTimer, _autocast, _Batches, add_loop_arguments, timed_loop
+from medconv.bench.train_overhead import StepTimer, _autocast, add_loop_arguments, loop_setup, timed_loop
 from medconv.io.atomic import write_json
 
 PRECISIONS = {"bf16": "bf16-mixed", "16": "16-mixed", "32": "32-true"}  # --precision -> Lightning's
@@ -120,12 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     size = tuple(args.image_size)
-    data = _Batches(args.batch * (args.steps + args.warmup), args.in_chans, size, distinct=args.batch * 4)
-    loader = DataLoader(data, batch_size=args.batch, num_workers=0, pin_memory=args.device == "cuda")
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_model()} ({torch.get_num_threads()} threads)"
+    loader, device = loop_setup(args)
     results = []
     for model in args.models:
         bare, ours = [], []

@@ -162,14 +162,20 @@ def add_loop_arguments(parser: argparse.ArgumentParser, size: int, batch: int, s
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def loop_setup(args: argparse.Namespace) -> tuple[DataLoader, str]:
+    """What `add_loop_arguments` asks for: the threads, the fixed in-memory batches, and the device's name."""
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    size = tuple(args.image_size)
-    data = _Batches(args.batch * (args.steps + args.warmup), args.in_chans, size, distinct=args.batch * 4)
+    data = _Batches(args.batch * (args.steps + args.warmup), args.in_chans, tuple(args.image_size), distinct=args.batch * 4)
     loader = DataLoader(data, batch_size=args.batch, shuffle=False, num_workers=0, pin_memory=args.device == "cuda")
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_model()} ({torch.get_num_threads()} threads)"
+    return loader, device
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    size = tuple(args.image_size)
+    loader, device = loop_setup(args)
     bare, ours, tails = [], [], []
     for r in range(args.rounds):
         bare.append(bare_loop(args.model, loader, args.steps, args.warmup, args.device, args.precision, args.in_chans))
@@ -179,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
         tails.append(tail)
         print(f"round {r + 1}: bare {bare[-1]:.2f} img/s, medconv {ours[-1]:.2f} img/s (fit tail {tail:.2f} s)",
               flush=True)
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_model()} ({torch.get_num_threads()} threads)"
     result = {
         "model": args.model, "image_size": list(size), "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
         "device": device, "precision": args.precision, "torch": torch.__version__, "threads": torch.get_num_threads(),
