@@ -2,7 +2,7 @@
 
 IMAGE = "image"
 LABEL = "label"
-MASK = "mask"
+MASK = "mask"  # MIL batches: (B, N) bool, True where an instance is real (not padding)
 IMAGE_ID = "image_id"
 SLIDE_ID = "slide_id"
 X = "x"
@@ -13,3 +13,5 @@ EXAM_ID = "exam_id"
 LATERALITY = "laterality"
 VIEW = "view"
 CROPS = "crops"  # multi-crop SSL views: a list of (B, C, h, w) tensors, global crops first
+FEATURES = "features"  # MIL: a slide's bag of tile features (N, D); batched (B, N, D) with MASK
+COORDS = "coords"  # level-0 (x, y) of each bag instance's tile, (N, 2) int64

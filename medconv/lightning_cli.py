@@ -1,8 +1,9 @@
 """LightningCLI for `medconv fit | validate | test | predict`.
 
-What the data decides is linked into the model (image size and channels into the backbone, the number of
-classes into the head). Every run gets one directory, `<save_dir>/<experiment>/version_N`, shared by the CSV
-and TensorBoard loggers, holding config.yaml, metrics.csv, checkpoints/, predictions and plots.
+What the data decides is linked into the model (image size and channels into the backbone or MIL tile encoder,
+the number of classes into the head, the feature bags' width into a MIL aggregator). Every run gets one
+directory, `<save_dir>/<experiment>/version_N`, shared by the CSV and TensorBoard loggers, holding config.yaml,
+metrics.csv, checkpoints/, predictions and plots.
 """
 
 from __future__ import annotations
@@ -41,19 +42,33 @@ def _num_classes(data) -> int:  # noqa: ANN001
         raise SystemExit(2) from err
 
 
+def _feature_dim(data) -> int | None:  # noqa: ANN001
+    """The width of a MIL datamodule's feature bags (None for other data, and for bags of tiles); errors as above."""
+    try:
+        return getattr(data, "feature_dim", None)
+    except MedconvError as err:
+        print(f"medconv: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
 class MedconvCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.init_args.image_size", "model.init_args.backbone.init_args.img_size", apply_on="parse")
         parser.link_arguments("data.init_args.in_chans", "model.init_args.backbone.init_args.in_chans", apply_on="parse")
         parser.link_arguments("data", "model.init_args.num_classes", compute_fn=_num_classes, apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.eval_groups", compute_fn=lambda data: data.eval_groups, apply_on="instantiate")
+        # MIL (MILModule): the bags' feature width; a tile encoder (bag_source: tiles) is built for the data's tiles.
+        parser.link_arguments("data", "model.init_args.in_dim", compute_fn=_feature_dim, apply_on="instantiate")
+        parser.link_arguments("data.init_args.image_size", "model.init_args.encoder.init_args.img_size", apply_on="parse")
+        parser.link_arguments("data.init_args.in_chans", "model.init_args.encoder.init_args.in_chans", apply_on="parse")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         trainer = cfg.trainer
         if trainer.precision is None:
             trainer.precision = default_precision()
-        _ensure_outputs_callback(trainer, pretraining=str(cfg.model.get("class_path", "")).endswith("PretrainModule"))
+        model_class = str(cfg.model.get("class_path", ""))
+        _ensure_outputs_callback(trainer, pretraining=model_class.endswith("PretrainModule"), mil=model_class.endswith("MILModule"))
         _link_nested_input(cfg)
         configs = [str(c) for c in (cfg.get("config") or [])]
         if self.subcommand in EVAL_COMMANDS:
@@ -129,11 +144,16 @@ def _occupied(run: Path, ckpt_path: str | None) -> bool:
     return run.is_dir() and any(run.iterdir()) and not resuming
 
 
-def _ensure_outputs_callback(trainer, pretraining: bool = False) -> None:  # noqa: ANN001
+def _ensure_outputs_callback(trainer, pretraining: bool = False, mil: bool = False) -> None:  # noqa: ANN001
     """Evaluation reports are part of every run, also when a config lists its own callbacks; a pretraining run
-    always exports its encoder."""
+    always exports its encoder; a MIL run's predictions (attention and coords per slide besides the slide's
+    probabilities) go through the MIL writer instead of the per-tile CSV writer."""
     callbacks = trainer.get("callbacks") or []
     callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    if mil:
+        for callback in callbacks:
+            if getattr(callback, "class_path", "").endswith("PredictionCSVWriter"):
+                callback.class_path = "medconv.mil.writer.BagPredictionWriter"
     names = {getattr(c, "class_path", "").rsplit(".", 1)[-1] for c in callbacks}
     if not names & {"RunOutputs", "RunSummary"}:
         callbacks.append(Namespace(class_path="medconv.callbacks.RunOutputs", init_args=Namespace()))

@@ -40,6 +40,55 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+# --- a tiny trained slide model and `medconv infer` on held-out demo slides: shared by tests/inference and
+# tests/notebooks (notebooks/slide_heatmaps.ipynb), so one session trains and infers once (~15 s + a few s).
+
+
+@pytest.fixture(scope="session")
+def tiny_wsi_run(tmp_path_factory, repo_root) -> Path:
+    """Run directory of `medconv fit` with configs/tests/tiny_wsi.yaml (convnext_atto, 64 px tiles at 1 um/px)."""
+    import os
+
+    from medconv.lightning_cli import run_lightning
+
+    root = tmp_path_factory.mktemp("tiny_wsi_fit")
+    cwd = os.getcwd()
+    os.chdir(root)  # demo slides, coords stores and runs/ land here
+    try:
+        cli = run_lightning([
+            "fit",
+            "--config", str(repo_root / "configs" / "wsi_convnext.yaml"),
+            "--config", str(repo_root / "configs" / "tests" / "tiny_wsi.yaml"),
+        ])
+        run = (root / cli.trainer.log_dir).resolve()
+    finally:
+        os.chdir(cwd)
+    assert (run / "config.yaml").is_file()
+    return run
+
+
+@pytest.fixture(scope="session")
+def held_out_slides(tmp_path_factory) -> Path:
+    """3 demo slides the model never saw (another seed; demo_001 has tumour), with masks and manifest.csv."""
+    from medconv.demo.wsi import generate_demo_slides
+
+    out = tmp_path_factory.mktemp("held_out_wsi")
+    generate_demo_slides(out, n_slides=3, seed=11, width=1536, height=1024)
+    return out
+
+
+@pytest.fixture(scope="session")
+def inferred(tiny_wsi_run, held_out_slides, tmp_path_factory) -> tuple[int, Path]:
+    """(exit code, output folder) of `medconv infer` on the held-out slides, 2 loader workers, topk:3, evaluated
+    against the demo tumour masks (quality.json)."""
+    from medconv.inference.cli import main
+
+    out = tmp_path_factory.mktemp("infer_out")
+    code = main([str(tiny_wsi_run), str(held_out_slides / "slides"), "--out", str(out), "--num-workers", "2",
+                 "--batch-size", "16", "--aggregate", "topk:3", "--masks", str(held_out_slides / "manifest.csv")])
+    return code, out
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 

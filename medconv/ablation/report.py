@@ -3,6 +3,8 @@
 Records are one row per finished run (its arm's columns, `seed`, and metric values). Seeds are the unit of
 replication: the interval of a mean is Student's t over seeds, and two arms are compared on the runs they share
 (same seed and same other columns), so a seed that is easy for both does not widen the difference's interval.
+Paired differences get a percentile bootstrap over the pairs (fixed RNG seed) beside the t interval, since with
+three to five seeds neither is exact and the bootstrap makes no normality assumption.
 """
 
 from __future__ import annotations
@@ -56,6 +58,42 @@ def paired_difference(records: pd.DataFrame, by: list[str], arm: str, treated: s
         rows.append(dict(zip(by, group_key, strict=True), pairs=len(diff), diff=mean, ci_low=low, ci_high=high,
                          wins=int(sum(d > 0 for d in diff))))
     return pd.DataFrame(rows)
+
+
+def paired_bootstrap(treated: Sequence[float], control: Sequence[float], n_boot: int = 10_000, level: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """(mean difference, low, high): percentile bootstrap over the pairs (resampled together, so what a seed does to
+    both arms cancels). A fixed seed makes the interval reproducible; a constant difference gives a zero-width one."""
+    diff = np.asarray(treated, dtype=float) - np.asarray(control, dtype=float)
+    if diff.shape != (len(treated),) or len(diff) == 0:
+        raise ValueError(f"paired_bootstrap needs equally long, non-empty sequences (got {len(treated)} and {len(control)})")
+    mean = float(diff.mean())
+    if len(diff) < 2:
+        return mean, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return mean, float(min(low, mean)), float(max(high, mean))
+
+
+def paired_comparison(records: pd.DataFrame, by: list[str], arm: str, treated: str, control: str, metric: str,
+                      pair_on: Sequence[str] = ("seed",), level: float = 0.95, n_boot: int = 10_000) -> pd.DataFrame:
+    """`treated - control` per group of `by`, on runs matched by `pair_on` (seed: the same label subset and split),
+    with the paired bootstrap interval, the t interval, and the number of pairs the treated arm wins."""
+    keys = [*by, *pair_on]
+    left = records[records[arm] == treated].groupby(keys)[metric].mean()
+    right = records[records[arm] == control].groupby(keys)[metric].mean()
+    pairs = pd.concat({"treated": left, "control": right}, axis=1).dropna().reset_index()
+    rows = []
+    for group_key, group in pairs.groupby(by, sort=True):
+        diff, low, high = paired_bootstrap(group["treated"].tolist(), group["control"].tolist(), n_boot, level)
+        _, t_low, t_high = mean_ci((group["treated"] - group["control"]).tolist(), level)
+        group_key = group_key if isinstance(group_key, tuple) else (group_key,)
+        rows.append(dict(zip(by, group_key, strict=True), treated=treated, control=control, pairs=len(group), diff=diff,
+                         ci_low=low, ci_high=high, t_low=t_low, t_high=t_high,
+                         wins=int((group["treated"] > group["control"]).sum())))
+    columns = [*by, "treated", "control", "pairs", "diff", "ci_low", "ci_high", "t_low", "t_high", "wins"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def read_test_metrics(path: str | Path, metric: str = "auroc") -> dict[str, float]:

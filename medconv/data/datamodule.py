@@ -21,7 +21,11 @@ STAGES = ("train", "val", "test", "predict")
 
 
 class ClassificationDataModule(L.LightningDataModule):
-    """Rows of `load_table()` are samples with `label`, `patient_id` and (after setup) `split`, `label_index`."""
+    """Rows of `load_table()` are samples with `label`, `patient_id` and (after setup) `split`, `label_index`.
+
+    `split_seed` draws the patient-level train/val/test split (None: `seed`); `seed` draws the nested label-fraction
+    subset, augmentation and batch order. Fixing `split_seed` keeps the test patients the same across an ablation.
+    """
 
     def __init__(
         self,
@@ -35,6 +39,7 @@ class ClassificationDataModule(L.LightningDataModule):
         test_fraction: float = 0.0,
         label_fraction: float = 1.0,
         seed: int = 0,
+        split_seed: int | None = None,
         balanced_sampling: bool = False,
         predict_split: str = "test",
     ):
@@ -49,6 +54,8 @@ class ClassificationDataModule(L.LightningDataModule):
         self.test_fraction = test_fraction
         self.label_fraction = label_fraction
         self.seed = seed
+        # An ablation fixes split_seed so the held-out patients stay the same while `seed` varies the label subset.
+        self.split_seed = split_seed
         self.balanced_sampling = balanced_sampling
         self.predict_split = predict_split
         self.table: pd.DataFrame | None = None
@@ -105,7 +112,8 @@ class ClassificationDataModule(L.LightningDataModule):
         elif (given == "").all():
             try:
                 table["split"] = assign_splits(
-                    table["patient_id"].tolist(), table["label_index"].tolist(), self.val_fraction, self.test_fraction, self.seed
+                    table["patient_id"].tolist(), table["label_index"].tolist(), self.val_fraction, self.test_fraction,
+                    self.seed if self.split_seed is None else self.split_seed,
                 )
             except ValueError as err:
                 raise ConfigError(

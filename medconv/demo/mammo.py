@@ -15,6 +15,7 @@ brightness sense from all of them. Output is byte-identical for the same paramet
 
 `difficulty` picks a preset (medconv.demo.difficulty): `easy` is the set above; `hard` draws smaller, fainter
 lesions in busier texture, for experiments that need headroom below AUROC 1.0 (scarce labels, pretraining).
+There is no `subtle` mammogram preset (slides have one): hard mammograms are already near chance at 5% labels.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import fft
 
-from medconv.demo.difficulty import DIFFICULTIES, MAMMO_PRESETS, MammoPreset, check_difficulty, demo_root, preset_params
+from medconv.demo.difficulty import MAMMO_PRESETS, MammoPreset, check_difficulty, demo_root, preset_params
 from medconv.demo.mammo_files import png_bytes, write_dicom, write_png16
 from medconv.io.atomic import write_bytes, write_json
 
@@ -72,7 +73,7 @@ def generate_demo_mammo(
         "positive_fraction": float(positive_fraction),
         "patient_prefix": str(patient_prefix),
     }
-    if check_difficulty(difficulty) != "easy":  # easy keeps the parameters (and caches) of sets made before presets
+    if check_difficulty(difficulty, MAMMO_PRESETS) != "easy":  # easy keeps the parameters (and caches) of sets made before presets
         params["difficulty"] = difficulty
         params["preset"] = preset_params(MAMMO_PRESETS[difficulty])
     manifest, params_path = out / MANIFEST, out / PARAMS
@@ -352,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lesion-contrast", type=float, nargs=2, default=(0.15, 0.4), metavar=("LO", "HI"),
                         help="lesion contrast range, as a fraction of the breast's intensity range")  # fmt: skip
     parser.add_argument("--positive-fraction", type=float, default=0.4)
-    parser.add_argument("--difficulty", choices=DIFFICULTIES, default="easy",
-                        help="easy: the standard set; hard: smaller, fainter lesions in busier texture")
+    parser.add_argument("--difficulty", choices=tuple(MAMMO_PRESETS), default="easy",
+                        help="easy: the standard set; hard: smaller, fainter lesions in busier texture (no subtle: a slide preset)")
     parser.add_argument("--patient-prefix", default="DEMO", help="patient ids are <prefix>0001, ...: another prefix and "
                         "seed simulate an external site (e.g. EXT)")
     args = parser.parse_args(argv)

@@ -1,5 +1,7 @@
 """`medconv infer CKPT INPUT... --out DIR`: slide heatmaps, tile scores, QuPath GeoJSON and slide scores, or
-mammogram predictions with saliency overlays, depending on what the checkpoint was trained on.
+mammogram predictions with saliency overlays, depending on what the checkpoint was trained on. A MIL checkpoint
+(`MILModule` on feature bags) gives slide probabilities and attention heatmaps, from --features-dir or from
+features embedded now with the encoder it was trained on (docs/inference.md, "MIL checkpoints").
 
 CKPT is a .ckpt file or a run directory (its best checkpoint); the run's config.yaml says the model, tile size,
 target mpp and classes. INPUT: slide files, folders, globs, or a manifest CSV (`slide_path` [, slide_id, mpp];
@@ -27,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-mpp", type=float, default=None, help="tile resolution, um/px (default: the model's)")
     p.add_argument("--tile-size", type=int, default=None, help="tile side in px at the target mpp (default: the model's)")
     p.add_argument("--coords-dir", type=Path, default=None, help="reuse `medconv tile` stores (<slide>.h5) instead of tiling")
-    p.add_argument("--min-tissue", type=float, default=0.25, help="tissue fraction a tile needs when tiling on the fly")
+    p.add_argument("--min-tissue", type=float, default=None, help="tissue fraction a tile needs when tiling on the fly "
+                   "(default 0.25; MIL: that of the training features)")
+    p.add_argument("--features-dir", type=Path, default=None, help="MIL checkpoints: `medconv embed` features "
+                   "(<slide>.h5) to use where present; other slides are embedded now into <out>/features")
     p.add_argument("--slide-mpp", type=float, default=None, help="um/px for slides whose files lack it (overrides all)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers per process")
@@ -61,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medconv.inference.checkpoint import load_model
+    from medconv.inference.checkpoint import find_checkpoint, load_model
     from medconv.inference.heatmap import parse_aggregate
+    from medconv.inference.mil_model import is_mil_run
 
     try:
         aggregate = parse_aggregate(args.aggregate)
@@ -70,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--aggregate: {err}") from err
     if not 0 <= args.threshold <= 1:
         raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if is_mil_run(find_checkpoint(args.ckpt)[1]):
+        return _run_mil(args)
     loaded = load_model(args.ckpt)
     positive = _positive(loaded.classes, args.class_name)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +100,7 @@ def _run_wsi(loaded, args: argparse.Namespace, aggregate, positive: int) -> int:
     from medconv.inference.slide_data import InferOptions
     from medconv.inference.slide_inputs import slide_jobs
     from medconv.inference.slide_outputs import SlideSettings
-    from medconv.inference.slide_run import run_slides, write_summary
+    from medconv.inference.slide_run import run_slides
 
     target_mpp = args.target_mpp or loaded.target_mpp
     tile_size = args.tile_size or loaded.tile_size
@@ -103,15 +111,34 @@ def _run_wsi(loaded, args: argparse.Namespace, aggregate, positive: int) -> int:
     trainer_kwargs = _trainer_kwargs(args)
     options = InferOptions(
         out_dir=args.out, settings=settings, model=loaded.fingerprint(), target_mpp=float(target_mpp), tile_size=int(tile_size),
-        image_size=loaded.image_size, mean=loaded.mean, std=loaded.std, coords_dir=args.coords_dir, min_tissue=args.min_tissue,
+        image_size=loaded.image_size, mean=loaded.mean, std=loaded.std, coords_dir=args.coords_dir,
+        min_tissue=0.25 if args.min_tissue is None else args.min_tissue,
         batch_size=args.batch_size, num_workers=args.num_workers, overwrite=args.overwrite, backend=args.backend,
         pin_memory=trainer_kwargs["accelerator"] not in ("cpu",),
     )
     rows, is_main = run_slides(jobs, options, loaded.module, trainer_kwargs)
     rows += [{"slide": p.name, "path": str(p), "status": "skipped", "n_tiles": 0, "error": why} for p, why in not_slides]
+    return _report(args, rows, loaded.classes, is_main)
+
+
+def _run_mil(args: argparse.Namespace) -> int:
+    from medconv.inference.mil_model import load_mil_model
+    from medconv.inference.mil_run import run_mil
+
+    loaded = load_mil_model(args.ckpt)
+    positive = _positive(loaded.classes, args.class_name)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = run_mil(loaded, args, positive, _trainer_kwargs(args))
+    return _report(args, rows, loaded.classes, True)
+
+
+def _report(args: argparse.Namespace, rows: list[dict], classes: list[str], is_main: bool) -> int:
+    """summary.csv, the counts and failures on stderr, and the heatmaps' quality against --masks."""
+    from medconv.inference.slide_run import write_summary
+
     failed = [r for r in rows if r["status"] == "failed"]
     if is_main:
-        summary = write_summary(args.out / "summary.csv", rows, loaded.classes)
+        summary = write_summary(args.out / "summary.csv", rows, classes)
         counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "failed")}
         print(f"{PROG}: {counts['ok']} slides done, {counts['skipped']} skipped, {counts['failed']} failed; see {summary}",
               file=sys.stderr)

@@ -29,9 +29,13 @@ def class_colour(index: int, n_classes: int) -> list[int]:
 
 
 def tile_features(coords: np.ndarray, scores: np.ndarray, patch_size_level0: float, classes: Sequence[str],
-                  slide_size: tuple[int, int] | None = None) -> list[dict]:
+                  slide_size: tuple[int, int] | None = None, measurements: dict[str, np.ndarray] | None = None,
+                  predicted: np.ndarray | None = None) -> list[dict]:
     """One Feature per tile: its square (clipped to the slide when `slide_size` is given), the argmax class
     as classification and every class probability as a measurement named `prob_<class>`.
+
+    `measurements` (name -> (N,) numbers) replace the class probabilities, and `predicted` ((N,) class index,
+    -1 for none) the argmax: for maps that are not class probabilities (a MIL model's attention).
 
     Tiles carry no `id` (QuPath assigns one on import; 10^5 UUIDs would cost seconds per slide).
     """
@@ -41,17 +45,23 @@ def tile_features(coords: np.ndarray, scores: np.ndarray, patch_size_level0: flo
     far = coords + size
     if slide_size is not None:
         far = np.minimum(far, np.asarray(slide_size, dtype=np.int64)[None])
-    names = [f"prob_{c}" for c in classes]
+    if measurements is None:
+        names, values = [f"prob_{c}" for c in classes], scores
+    else:
+        names = list(measurements)
+        values = np.round(np.stack([np.asarray(v, np.float64).reshape(len(coords)) for v in measurements.values()], 1), 6)
     labels = [{"name": c, "color": class_colour(i, len(classes))} for i, c in enumerate(classes)]
-    predicted = scores.argmax(axis=1) if len(scores) else np.zeros(0, dtype=int)
+    if predicted is None:
+        predicted = scores.argmax(axis=1) if len(scores) else np.zeros(0, dtype=int)
     return [
         {
             "type": "Feature",
             "geometry": {"type": "Polygon", "coordinates": [[[x, y], [x1, y], [x1, y1], [x, y1], [x, y]]]},
-            "properties": {"objectType": "tile", "classification": labels[cls],
-                           "measurements": dict(zip(names, probs, strict=True))},
+            "properties": {"objectType": "tile", **({"classification": labels[cls]} if cls >= 0 else {}),
+                           "measurements": dict(zip(names, row, strict=True))},
         }
-        for (x, y), (x1, y1), probs, cls in zip(coords.tolist(), far.tolist(), scores.tolist(), predicted.tolist(), strict=True)
+        for (x, y), (x1, y1), row, cls in zip(coords.tolist(), far.tolist(), values.reshape(len(coords), -1).tolist(),
+                                              np.asarray(predicted).tolist(), strict=True)
     ]
 
 

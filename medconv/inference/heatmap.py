@@ -143,3 +143,14 @@ def aggregate_scores(scores: np.ndarray, how: Aggregation | str) -> np.ndarray:
         return scores.max(axis=0)
     k = min(how.k, len(scores))
     return np.sort(scores, axis=0)[-k:].mean(axis=0)
+
+
+def top_tiles(coords: np.ndarray, scores: np.ndarray, k: int = DEFAULT_TOPK, positive: int = -1) -> np.ndarray:
+    """Indices of the `k` tiles with the highest `positive`-class score (all tiles when fewer), highest first; ties
+    keep the tiles' order. `coords[top_tiles(...)]` are their level-0 corners, e.g. to open them in a viewer."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or len(scores) != len(np.asarray(coords).reshape(-1, 2)):
+        raise ValueError(f"scores must be (N, C) for N coords, got {scores.shape} for {len(coords)} coords")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    return np.argsort(-scores[:, positive], kind="stable")[:k]

@@ -13,8 +13,9 @@ OVERLAY_SIDE = 1024
 
 
 def render_overlay(path: str | Path, thumbnail: np.ndarray, heat: np.ndarray, class_name: str, title: str,
-                   cover: tuple[float, float] = (1.0, 1.0), alpha: float = 0.5) -> Path:
-    """Write `heat` (H, W; NaN = no tile) over `thumbnail` (RGB, the whole slide), colour bar from 0 to 1.
+                   cover: tuple[float, float] = (1.0, 1.0), alpha: float = 0.5, label: str | None = None) -> Path:
+    """Write `heat` (H, W; NaN = no tile) over `thumbnail` (RGB, the whole slide), colour bar from 0 to 1
+    labelled `label` (default `P(class_name)`).
 
     cover: the heatmap's extent as a fraction of the slide's (width, height); its last cells may reach past
     the slide's edge.
@@ -34,7 +35,7 @@ def render_overlay(path: str | Path, thumbnail: np.ndarray, heat: np.ndarray, cl
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
     bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
-    bar.set_label(f"P({class_name})")
+    bar.set_label(label or f"P({class_name})")
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:

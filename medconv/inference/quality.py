@@ -5,6 +5,11 @@ files in OUT. A tile is tumour when at least half of it is under the mask, norma
 ones in between are left out, as in training); a slide is tumour when its mask has any. FROC uses MONAI's
 pathology pieces (multi-instance ground truth, isolated tumour cells excluded, probability NMS) at the mask's
 resolution, rounded to a power of two as those functions expect.
+
+Besides the tile AUROC pooled over all slides, `tile_within_tumour` is the tile AUROC inside each tumour slide
+(tumour tiles against that slide's normal tiles) and its mean over those slides: the localisation question
+("within a tumour slide, does the map point at the tumour?") without the slides' differing score levels mixed
+in, which matters for maps that are relative within a slide (a MIL model's attention / its maximum).
 """
 
 from __future__ import annotations
@@ -111,14 +116,23 @@ def evaluate_dir(out_dir: str | Path, masks: str | Path, names: list[str] | None
         heat, heat_ds = read_heatmap(h5)
         froc_items.append((heat[positive], heat_ds, mask, ds, float(attrs["slide_mpp"]), float(attrs["patch_size_level0"])))
         per_slide[name] = {"n_tiles": int(keep.sum()), "tumour_tiles": int(tile_y[-1].sum()), "score": slide_p[-1]}
+        if 0 < tile_y[-1].sum() < len(tile_y[-1]):  # a tumour slide with normal tiles too: the map's AUROC inside it
+            per_slide[name]["tile_auroc"] = _auroc(tile_p[-1], tile_y[-1])
     if not per_slide:
         raise InputFileError(f"{out_dir}: none of the slides with masks has inference outputs (<slide>.h5).")
     report: dict[str, Any] = {"n_slides": len(per_slide), "slides": per_slide}
     report["tile"] = _binary_metrics(np.concatenate(tile_p), np.concatenate(tile_y), n_boot)
+    within = {name: s["tile_auroc"] for name, s in per_slide.items() if "tile_auroc" in s}
+    report["tile_within_tumour"] = {"mean_auroc": float(np.mean(list(within.values()))) if within else float("nan"),
+                                    "n_slides": len(within), "slides": within}
     report["slide"] = _binary_metrics(np.asarray(slide_p), np.asarray(slide_y), n_boot)
     report["froc"] = lesion_froc(froc_items)
     write_json(out_dir / "quality.json", report)
     return report
+
+
+def _auroc(p: np.ndarray, y: np.ndarray) -> float:
+    return float(classification_metrics(np.stack([1 - p, p], axis=1), y)["auroc"])
 
 
 def _binary_metrics(p: np.ndarray, y: np.ndarray, n_boot: int) -> dict[str, float]:
@@ -187,6 +201,10 @@ def print_quality(report: dict[str, Any]) -> None:
     print(f"heatmap quality over {report['n_slides']} slides with masks:", file=sys.stderr)
     print(f"  tile AUROC  {tile.get('auroc', float('nan')):.4f}{ci(tile)} ({int(tile['n'])} tiles, "
           f"{int(tile['positives'])} tumour)", file=sys.stderr)
+    within = report.get("tile_within_tumour") or {}
+    if within.get("n_slides"):
+        print(f"  tile AUROC within tumour slides {within['mean_auroc']:.4f} (mean of {within['n_slides']} slides)",
+              file=sys.stderr)
     print(f"  slide AUROC {slide.get('auroc', float('nan')):.4f}{ci(slide)} ({int(slide['n'])} slides)", file=sys.stderr)
     print(f"  FROC        {froc['score']:.4f} ({froc['targets']} lesions)", file=sys.stderr)
 

@@ -1,6 +1,9 @@
 """Slides -> tiles for `Trainer.predict`: each process takes every world_size-th slide, tiles it with the
 `medconv tile` mask and grid (or reads a given coords store), and reads its tiles in DataLoader workers
 through `InferenceTiles` (a `TileDataset`: one slide reader per worker, uint8 tiles, no tile files).
+
+What a slide's outputs are (scores and heatmaps for `medconv infer`, features for `medconv embed`) is a
+`SlideOutputs`: it says whether a slide is already done and writes a finished slide; the rest is shared.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import lightning as L
 import numpy as np
@@ -17,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from medconv.errors import InputFileError, MedconvError
 from medconv.inference.predictor import InferenceTiles, PaddingTile
-from medconv.inference.slide_outputs import SlideSettings, finished, read_scores, write_slide_outputs
+from medconv.inference.slide_outputs import SlideSettings
 from medconv.tiling.coords_store import read_coords
 from medconv.tiling.slide_tiler import TileOptions, source_fingerprint, tile_slide
 from medconv.wsi.tile_dataset import SlideTiles, load_slide_tiles
@@ -32,13 +35,12 @@ class SlideJob:
     mpp: float | None = None  # per-slide override (manifest `mpp` column or --slide-mpp)
 
 
-@dataclass
-class InferOptions:
-    """Everything a process needs to turn its slides into tiles and outputs."""
+@dataclass(kw_only=True)
+class SlideRunOptions:
+    """Everything a process needs to turn its slides into tiles (shared by scoring and embedding)."""
 
     out_dir: Path
-    settings: SlideSettings
-    model: str  # checkpoint fingerprint
+    model: str  # fingerprint of what computes the tiles' outputs: a slide made by another is not done
     target_mpp: float
     tile_size: int
     image_size: tuple[int, int]
@@ -53,6 +55,13 @@ class InferOptions:
     pin_memory: bool = False
 
 
+@dataclass(kw_only=True)
+class InferOptions(SlideRunOptions):
+    """`medconv infer`: the tiling plus how scores become slide outputs."""
+
+    settings: SlideSettings
+
+
 @dataclass
 class PreparedSlide:
     job: SlideJob
@@ -63,12 +72,27 @@ class PreparedSlide:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class SlideOutputs(Protocol):
+    """What a pipeline writes per slide; tiling, loading, the predict loop and the summary are shared."""
+
+    key: str  # the `predict_step` output holding the per-tile values (N, K)
+
+    def run_params(self, job: SlideJob) -> dict[str, Any]:
+        """The parameters a finished slide's outputs must match to be kept (stored in its files)."""
+
+    def skipped(self, job: SlideJob, run: dict[str, Any]) -> dict[str, Any] | None:
+        """Summary fields (n_tiles, ...) of a slide whose outputs are complete for `run`; None to run it."""
+
+    def write(self, prepared: PreparedSlide, values: np.ndarray | None) -> dict[str, Any]:
+        """Write the slide's outputs from its tiles' values in coords order (None: it has no tiles)."""
+
+
 def shard(jobs: list[SlideJob], rank: int, world_size: int) -> list[SlideJob]:
     """The slides process `rank` runs: every world_size-th, so each slide goes to exactly one process."""
     return jobs[rank::world_size]
 
 
-def run_params(job: SlideJob, options: InferOptions) -> dict[str, Any]:
+def run_params(job: SlideJob, options: SlideRunOptions) -> dict[str, Any]:
     size, mtime_ns = source_fingerprint(job.path)
     return {"model": options.model, "tile_size": options.tile_size, "target_mpp": options.target_mpp,
             "source_size": size, "source_mtime_ns": mtime_ns, "source_path": str(job.path.resolve())}
@@ -83,29 +107,31 @@ def failed_row(job: SlideJob, err: BaseException, start: float) -> dict[str, Any
             "seconds": round(time.perf_counter() - start, 3), "error": message}
 
 
-def prepare_slide(job: SlideJob, options: InferOptions) -> tuple[dict[str, Any] | None, PreparedSlide | None]:
+def prepare_slide(job: SlideJob, options: SlideRunOptions, outputs: SlideOutputs,
+                  ) -> tuple[dict[str, Any] | None, PreparedSlide | None]:
     """(summary row, None) for a slide that is done, failed or has no tiles; (None, prepared) to run the model."""
     start = time.perf_counter()
-    run = run_params(job, options)
     try:
-        if not options.overwrite and (attrs := finished(options.out_dir, job.name, run)) is not None:
-            return _skipped(job, options, attrs, start), None
+        run = outputs.run_params(job)
+        if not options.overwrite and (done := outputs.skipped(job, run)) is not None:
+            return {"slide": job.name, "path": str(job.path), "status": "skipped", **done,
+                    "seconds": round(time.perf_counter() - start, 3), "error": ""}, None
         coords_path = _coords(job, options)
         tiles = load_slide_tiles(job.path, coords_path, 0, slide_id=job.name, mpp=job.mpp)
         _, store_attrs = read_coords(coords_path)
-        store_attrs = _complete_attrs(job, store_attrs)
+        prepared = PreparedSlide(job, tiles, _complete_attrs(job, store_attrs), run)
         if not len(tiles.coords):
-            result = write_slide_outputs(options.out_dir, job.name, tiles.coords, np.zeros((0, len(options.settings.classes))),
-                                         store_attrs, options.settings, run, None)
+            result = outputs.write(prepared, None)
             return {"slide": job.name, "path": str(job.path), "status": "ok", "n_tiles": 0, **result,
                     "seconds": round(time.perf_counter() - start, 3),
                     "error": "no tissue tiles at this tile size, mpp and --min-tissue"}, None
     except Exception as err:  # one bad slide never stops the others
         return failed_row(job, err, start), None
-    return None, PreparedSlide(job, tiles, store_attrs, run, time.perf_counter() - start)
+    prepared.prepare_s = time.perf_counter() - start
+    return None, prepared
 
 
-def _coords(job: SlideJob, options: InferOptions) -> Path:
+def _coords(job: SlideJob, options: SlideRunOptions) -> Path:
     """A `medconv tile` store: from --coords-dir, else made now (and reused by a rerun) under out/coords."""
     if options.coords_dir is not None:
         path = options.coords_dir / f"{job.name}.h5"
@@ -141,35 +167,14 @@ def _complete_attrs(job: SlideJob, attrs: dict[str, Any]) -> dict[str, Any]:
     return {**attrs, "slide_width": int(width), "slide_height": int(height), "slide_mpp": mpp, "patch_size_level0": size0}
 
 
-def _skipped(job: SlideJob, options: InferOptions, file_attrs: dict[str, Any], start: float) -> dict[str, Any]:
-    """A finished slide: scores re-aggregated as asked; the PNG and GeoJSON redrawn if the threshold or class changed."""
-    from medconv.inference.heatmap import aggregate_scores
-    from medconv.inference.slide_outputs import output_paths, predicted_class
-
-    settings = options.settings
-    h5 = output_paths(options.out_dir, job.name)["h5"]
-    coords, scores, store_attrs, _ = read_scores(h5)
-    changed = (not np.isclose(float(file_attrs.get("threshold", -1)), settings.threshold)
-               or file_attrs.get("positive_class") != settings.classes[settings.positive])
-    if changed:
-        result = write_slide_outputs(options.out_dir, job.name, coords, scores, store_attrs, settings,
-                                     {k: file_attrs.get(k) for k in ("model", "tile_size", "target_mpp", "source_size",
-                                                                     "source_mtime_ns", "source_path")}, None)
-    else:
-        slide_scores = aggregate_scores(scores.reshape(len(coords), -1), settings.aggregate)
-        result = {"score": float(slide_scores[settings.positive]), "predicted_class": predicted_class(slide_scores, settings),
-                  **{f"score_{c}": float(v) for c, v in zip(settings.classes, slide_scores, strict=True)}}
-    return {"slide": job.name, "path": str(job.path), "status": "skipped", "n_tiles": len(coords), **result,
-            "seconds": round(time.perf_counter() - start, 3), "error": ""}
-
-
 class SlideInferenceData(L.LightningDataModule):
     """Prepares this process's share of the slides in `setup` and serves their tiles in slide order."""
 
-    def __init__(self, jobs: list[SlideJob], options: InferOptions):
+    def __init__(self, jobs: list[SlideJob], options: SlideRunOptions, outputs: SlideOutputs):
         super().__init__()
         self.jobs = jobs
         self.options = options
+        self.outputs = outputs
         self.rows: list[dict[str, Any]] = []
         self.prepared: list[PreparedSlide] = []
         self.dataset: InferenceTiles | PaddingTile | None = None
@@ -182,7 +187,7 @@ class SlideInferenceData(L.LightningDataModule):
 
         mine = shard(self.jobs, rank, world)
         for job in tqdm(mine, desc=f"preparing slides (process {rank})", unit="slide", disable=None, leave=False):
-            row, prepared = prepare_slide(job, self.options)
+            row, prepared = prepare_slide(job, self.options, self.outputs)
             if row is not None:
                 self.rows.append(row)
             if prepared is not None:

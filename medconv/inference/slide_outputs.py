@@ -75,8 +75,18 @@ def read_heatmap(path: str | Path) -> tuple[np.ndarray, float]:
 
 
 def write_slide_outputs(out_dir: Path, name: str, coords: np.ndarray, scores: np.ndarray, store_attrs: dict[str, Any],
-                        settings: SlideSettings, run: dict[str, Any], thumbnail: np.ndarray | None) -> dict[str, Any]:
-    """Heatmap, regions, PNG, GeoJSON, then the h5; returns the slide's scores for the summary."""
+                        settings: SlideSettings, run: dict[str, Any], thumbnail: np.ndarray | None, *,
+                        slide_scores: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None,
+                        map_label: str | None = None, measurements: dict[str, np.ndarray] | None = None,
+                        ) -> dict[str, Any]:
+    """Heatmap, regions, PNG, GeoJSON, then the h5; returns the slide's scores for the summary.
+
+    For models whose slide score is not an aggregate of tile scores (MIL): `slide_scores` (C,) are the model's
+    (the h5's `aggregate` is then "model"), `extra` are more per-tile h5 datasets (raw attention, ...),
+    `map_label` says what the map in `scores[:, positive]` is (colour bar, title, h5 attribute `map`), and
+    `measurements` replace the class probabilities of the GeoJSON tiles, which are then classified as the
+    positive class where the map reaches the threshold.
+    """
     remove_stale_temps(out_dir, name)
     paths = output_paths(out_dir, name)
     width, height = int(store_attrs["slide_width"]), int(store_attrs["slide_height"])
@@ -87,21 +97,27 @@ def write_slide_outputs(out_dir: Path, name: str, coords: np.ndarray, scores: np
     heat, counts = assemble_heatmap(coords, scores, size0, ds, heatmap_shape(width, height, ds))
     positive = settings.classes[settings.positive]
     regions = threshold_regions(heat[settings.positive], settings.threshold, ds, (width, height), mpp)
-    slide_scores = aggregate_scores(scores.reshape(len(coords), len(settings.classes)), settings.aggregate)
+    how = str(settings.aggregate) if slide_scores is None else "model"
+    if slide_scores is None:
+        slide_scores = aggregate_scores(scores.reshape(len(coords), len(settings.classes)), settings.aggregate)
+    slide_scores = np.asarray(slide_scores, np.float64).reshape(len(settings.classes))
     score = float(slide_scores[settings.positive])
-    title = f"{name}: {positive} score {score:.3f} ({settings.aggregate}), {len(coords)} tiles"
+    title = f"{name}: {positive} score {score:.3f} ({how}), {len(coords)} tiles" + (f"; map: {map_label}" if map_label else "")
     if thumbnail is None:
         thumbnail = np.full((max(1, round(height / ds)), max(1, round(width / ds)), 3), 255, np.uint8)
     cover = (heat.shape[2] * ds / width, heat.shape[1] * ds / height)
-    render_overlay(paths["png"], thumbnail, heat[settings.positive], positive, title, cover)
-    features = tile_features(coords, scores, size0, settings.classes, (width, height))
+    render_overlay(paths["png"], thumbnail, heat[settings.positive], positive, title, cover, label=map_label)
+    predicted = None if measurements is None else \
+        np.where(np.asarray(scores).reshape(len(coords), -1)[:, settings.positive] >= settings.threshold, settings.positive, -1)
+    features = tile_features(coords, scores, size0, settings.classes, (width, height), measurements, predicted)
     features += region_features(regions, positive, settings.positive, len(settings.classes), settings.threshold)
     write_geojson(paths["geojson"], features)
     file_attrs = {
         "format": FORMAT,
         "classes": json.dumps(list(settings.classes)),
         "positive_class": positive,
-        "aggregate": str(settings.aggregate),
+        "aggregate": how,
+        **({"map": map_label} if map_label else {}),
         "threshold": settings.threshold,
         "slide_scores": slide_scores.astype(np.float64),
         "score": score,
@@ -115,6 +131,8 @@ def write_slide_outputs(out_dir: Path, name: str, coords: np.ndarray, scores: np
             if value is not None:
                 dset.attrs[key] = np.asarray(value) if isinstance(value, (list, tuple)) else value
         f.create_dataset("scores", data=np.asarray(scores, np.float32).reshape(len(coords), -1))
+        for key, value in (extra or {}).items():
+            f.create_dataset(key, data=np.asarray(value, np.float32))
         hm = f.create_dataset("heatmap", data=heat, compression="gzip", compression_opts=4)
         hm.attrs["downsample"] = ds
         hm.attrs["classes"] = json.dumps(list(settings.classes))

@@ -1,14 +1,17 @@
-"""Run slide inference through `Trainer.predict` and write each slide's outputs as soon as its tiles are scored.
+"""Run slides through `Trainer.predict` and write each slide's outputs as soon as its tiles are done.
 
-`SlideWriter` (a `BasePredictionWriter`) collects the probabilities batch by batch (batches may straddle
-slides) and, when a slide's last tile arrives, writes its h5 / PNG / GeoJSON on the process that owns the
-slide, in a background thread, so the model goes on with the next slide meanwhile. After predict, the processes exchange their summary rows and process 0 writes summary.csv.
+`SlideWriter` (a `BasePredictionWriter`) collects the per-tile values batch by batch (batches may straddle
+slides) and, when a slide's last tile arrives, hands them to the pipeline's `SlideOutputs` on the process that
+owns the slide, in a background thread, so the model goes on with the next slide meanwhile. After predict, the
+processes exchange their summary rows and process 0 writes summary.csv. `medconv infer` writes scores
+(`ScoreOutputs`: h5 / PNG / GeoJSON); `medconv embed` writes features through the same loop.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -23,20 +26,83 @@ from tqdm import tqdm
 
 from medconv import keys
 from medconv.inference.predictor import PADDING_ID
-from medconv.inference.slide_data import InferOptions, PreparedSlide, SlideInferenceData, SlideJob, failed_row
-from medconv.inference.slide_outputs import thumbnail_for, write_slide_outputs
+from medconv.inference.slide_data import (
+    InferOptions,
+    PreparedSlide,
+    SlideInferenceData,
+    SlideJob,
+    SlideOutputs,
+    SlideRunOptions,
+    failed_row,
+    run_params,
+)
+from medconv.inference.slide_outputs import finished, read_scores, thumbnail_for, write_slide_outputs
 from medconv.io.atomic import write_text
 
 SUMMARY_COLUMNS = ("slide", "status", "score", "predicted_class", "n_tiles", "seconds", "tiles_per_s", "n_regions", "error",
                    "process")
 
 
-class SlideWriter(BasePredictionWriter):
-    """Per slide: gather the tile probabilities in order, then write the outputs (one row per slide)."""
+class ScoreOutputs:
+    """`medconv infer`'s `SlideOutputs`: tile probabilities -> h5 (coords, scores, heatmap), PNG, GeoJSON."""
+
+    key = "probs"
 
     def __init__(self, options: InferOptions):
+        self.options = options
+
+    def run_params(self, job: SlideJob) -> dict[str, Any]:
+        return run_params(job, self.options)
+
+    def skipped(self, job: SlideJob, run: dict[str, Any]) -> dict[str, Any] | None:
+        """A finished slide: scores re-aggregated as asked; the PNG and GeoJSON redrawn if the threshold or class changed."""
+        from medconv.inference.heatmap import aggregate_scores
+        from medconv.inference.slide_outputs import output_paths, predicted_class
+
+        o = self.options
+        if (file_attrs := finished(o.out_dir, job.name, run)) is None:
+            return None
+        settings = o.settings
+        coords, scores, store_attrs, _ = read_scores(output_paths(o.out_dir, job.name)["h5"])
+        changed = (not np.isclose(float(file_attrs.get("threshold", -1)), settings.threshold)
+                   or file_attrs.get("positive_class") != settings.classes[settings.positive])
+        if changed:
+            result = write_slide_outputs(o.out_dir, job.name, coords, scores, store_attrs, settings,
+                                         {k: file_attrs.get(k) for k in ("model", "tile_size", "target_mpp", "source_size",
+                                                                         "source_mtime_ns", "source_path")}, None)
+        else:
+            slide_scores = aggregate_scores(scores.reshape(len(coords), -1), settings.aggregate)
+            result = {"score": float(slide_scores[settings.positive]), "predicted_class": predicted_class(slide_scores, settings),
+                      **{f"score_{c}": float(v) for c, v in zip(settings.classes, slide_scores, strict=True)}}
+        return {"n_tiles": len(coords), **result}
+
+    def write(self, prepared: PreparedSlide, values: np.ndarray | None) -> dict[str, Any]:
+        o, name = self.options, prepared.job.name
+        if values is None:  # no tiles: empty outputs on a blank background
+            values, thumbnail = np.zeros((0, len(o.settings.classes))), None
+        else:
+            from medconv.io.slide import open_slide
+
+            reader = open_slide(prepared.job.path, mpp=prepared.job.mpp, backend=o.backend)
+            try:
+                thumbnail = thumbnail_for(reader)
+            finally:
+                reader.close()
+        return write_slide_outputs(o.out_dir, name, prepared.tiles.coords, values, prepared.store_attrs, o.settings,
+                                   prepared.run, thumbnail)
+
+
+class SlideWriter(BasePredictionWriter):
+    """Per slide: gather the tiles' values in order, then have `outputs` write them (one row per slide).
+
+    `echo`: a prefix to print each finished slide's tile count and throughput with (None: quiet).
+    """
+
+    def __init__(self, options: SlideRunOptions, outputs: SlideOutputs, echo: str | None = None):
         super().__init__(write_interval="batch")
         self.options = options
+        self.outputs = outputs
+        self.echo = echo
         self.rows: list[dict[str, Any]] = []
         self._slides: dict[str, PreparedSlide] = {}
         self._parts: dict[str, list[np.ndarray]] = {}
@@ -57,7 +123,7 @@ class SlideWriter(BasePredictionWriter):
         self._bar = tqdm(total=total, desc=f"tiles (process {rank})", unit="tile", position=2 * rank, disable=None)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:  # noqa: ANN001
-        probs = prediction["probs"].float().numpy()
+        probs = prediction[self.outputs.key].float().numpy()
         slide_ids = list(prediction[keys.SLIDE_ID])
         xs, ys = (torch.as_tensor(prediction[k]).numpy() for k in (keys.X, keys.Y))
         start = 0
@@ -90,27 +156,22 @@ class SlideWriter(BasePredictionWriter):
             self._mark = time.perf_counter()
             self._pending.append(self._pool.submit(self._finish, name, scores, xy, start))
 
-    def _finish(self, name: str, scores: np.ndarray, xy: np.ndarray, start: float) -> None:
+    def _finish(self, name: str, values: np.ndarray, xy: np.ndarray, start: float) -> None:
         prepared = self._slides[name]
         try:
             if not np.array_equal(xy, prepared.tiles.coords):
                 raise RuntimeError("tiles came back out of order; the DataLoader must not shuffle")
-            from medconv.io.slide import open_slide
-
-            reader = open_slide(prepared.job.path, mpp=prepared.job.mpp, backend=self.options.backend)
-            try:
-                thumbnail = thumbnail_for(reader)
-            finally:
-                reader.close()
-            result = write_slide_outputs(self.options.out_dir, name, prepared.tiles.coords, scores, prepared.store_attrs,
-                                         self.options.settings, prepared.run, thumbnail)
+            result = self.outputs.write(prepared, values)
         except Exception as err:
             self.rows.append(failed_row(prepared.job, err, start))
             return
-        n = len(scores)
+        n = len(values)
         seconds = time.perf_counter() - start
+        tiles_per_s = round(n / max(seconds, 1e-9), 1)
         self.rows.append({"slide": name, "path": str(prepared.job.path), "status": "ok", "n_tiles": n, **result,
-                          "seconds": round(seconds, 3), "tiles_per_s": round(n / max(seconds, 1e-9), 1), "error": ""})
+                          "seconds": round(seconds, 3), "tiles_per_s": tiles_per_s, "error": ""})
+        if self.echo:
+            print(f"{self.echo}: {name}: {n} tiles in {seconds:.1f} s, {tiles_per_s:g} tiles/s", file=sys.stderr)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.wait()
@@ -131,8 +192,15 @@ def run_slides(jobs: list[SlideJob], options: InferOptions, classifier: torch.nn
     from medconv.inference.predictor import TilePredictor
 
     module = TilePredictor(classifier, options.mean, options.std)
-    data = SlideInferenceData(jobs, options)
-    writer = SlideWriter(options)
+    return predict_slides(jobs, options, module, ScoreOutputs(options), trainer_kwargs)
+
+
+def predict_slides(jobs: list[SlideJob], options: SlideRunOptions, module: L.LightningModule, outputs: SlideOutputs,
+                   trainer_kwargs: dict[str, Any], echo: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+    """Run `module` over every slide's tiles once across all processes and have `outputs` write each slide;
+    (all summary rows, is process 0). `module.predict_step` returns `outputs.key`, slide_id, x, y per tile."""
+    data = SlideInferenceData(jobs, options, outputs)
+    writer = SlideWriter(options, outputs, echo)
     trainer = L.Trainer(callbacks=[writer], logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False, default_root_dir=str(options.out_dir),
                         **trainer_kwargs)
@@ -159,7 +227,11 @@ def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_summary(path: Path, rows: list[dict[str, Any]], classes: list[str]) -> Path:
     """summary.csv: one row per slide, with status and error, written atomically."""
-    columns = [*SUMMARY_COLUMNS, *(f"score_{c}" for c in classes), "path"]
+    return write_rows(path, rows, [*SUMMARY_COLUMNS, *(f"score_{c}" for c in classes), "path"])
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
+    """A CSV of `columns` (missing values empty, floats rounded), written atomically."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -3,25 +3,20 @@ from the config, and evaluation rows that the output callbacks (medconv.callback
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import lightning as L
-import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from medconv import keys
 from medconv.errors import ConfigError
-from medconv.tasks.metrics import REDUCERS, evaluate
+from medconv.tasks.evaluation import META_KEYS, EvalRows
 from medconv.tasks.schedules import WarmupCosine, optimization
 
-META_KEYS = (keys.IMAGE_ID, keys.PATIENT_ID, keys.EXAM_ID, keys.LATERALITY, keys.VIEW, keys.SLIDE_ID, keys.X, keys.Y)
 
-
-class ClassificationModule(L.LightningModule):
+class ClassificationModule(EvalRows, L.LightningModule):
     """Metrics per image and per group: `eval_groups={"breast": ["exam_id", "laterality"]}` scores a breast by
     `group_reduce` (max: a lesion seen in any view counts) over its views; `{"slide": ["slide_id"]}` scores a
     slide by its tiles.
@@ -56,8 +51,7 @@ class ClassificationModule(L.LightningModule):
         freeze_backbone: bool = False,
     ):
         super().__init__()
-        if group_reduce not in REDUCERS:
-            raise ConfigError(f"group_reduce must be one of {sorted(REDUCERS)}, not {group_reduce!r}")
+        self._init_eval(eval_groups, group_reduce)
         if scheduler_interval not in ("step", "epoch"):
             raise ConfigError(f"scheduler_interval must be 'step' or 'epoch', not {scheduler_interval!r}")
         self.save_hyperparameters(ignore=["backbone", "criterion", "optimizer", "scheduler"])
@@ -70,11 +64,6 @@ class ClassificationModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
-        self.eval_groups = dict(eval_groups or {})
-        self.group_reduce = group_reduce
-        self.eval_rows: dict = {}
-        self.eval_metrics: dict[str, float] = {}
-        self._outputs: list[dict] = []
 
     def train(self, mode: bool = True) -> ClassificationModule:
         super().train(mode)
@@ -91,48 +80,16 @@ class ClassificationModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits), sync_dist=True)
         return loss
 
-    # --- evaluation ------------------------------------------------------------------------------
+    # --- evaluation (epoch hooks and metrics: EvalRows) -----------------------------------------
     def _eval_step(self, batch: dict, prefix: str) -> None:
         logits = self(batch[keys.IMAGE])
-        loss = self.criterion(logits, batch[keys.LABEL])
-        self.log(f"{prefix}/loss", loss, on_epoch=True, batch_size=len(logits), sync_dist=True)
-        out = {"probs": logits.float().softmax(1).cpu().numpy(), "labels": batch[keys.LABEL].cpu().numpy()}
-        for key in META_KEYS:
-            if key in batch:
-                value = batch[key]
-                out[key] = value.cpu().tolist() if torch.is_tensor(value) else list(value)
-        self._outputs.append(out)
+        self._record(prefix, logits, self.criterion(logits, batch[keys.LABEL]), batch)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
-
-    def on_validation_epoch_start(self) -> None:
-        self._outputs = []
-
-    on_test_epoch_start = on_validation_epoch_start
-
-    def on_validation_epoch_end(self) -> None:
-        self._epoch_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._epoch_metrics("test")
-
-    def _epoch_metrics(self, prefix: str) -> None:
-        """Gather every process's outputs (so groups see whole breasts and slides), compute and log the metrics."""
-        self.eval_rows = _dedupe(_gather(_concat(self._outputs)))
-        self._outputs = []
-        labels = self.eval_rows.get("labels", [])
-        self.eval_metrics = evaluate(self.eval_rows, self.eval_groups, self.group_reduce) if len(labels) else {}
-        if self.trainer.sanity_checking:
-            return
-        loggable = {f"{prefix}/{k}": v for k, v in self.eval_metrics.items() if k.split("/")[-1] != "n" and not math.isnan(v)}
-        headline = f"{prefix}/auroc"
-        self.log_dict({k: v for k, v in loggable.items() if k != headline}, sync_dist=False)
-        if headline in loggable:
-            self.log(headline, loggable[headline], prog_bar=True, sync_dist=False)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probs = self(batch[keys.IMAGE]).float().softmax(1).cpu()
@@ -145,37 +102,3 @@ class ClassificationModule(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         return optimization(self, params, self.optimizer_factory, self.scheduler_factory, self.scheduler_interval)
 
-
-def _concat(outputs: list[dict]) -> dict[str, np.ndarray | list]:
-    if not outputs:
-        return {}
-    rows: dict[str, np.ndarray | list] = {"probs": np.concatenate([o["probs"] for o in outputs])}
-    rows["labels"] = np.concatenate([o["labels"] for o in outputs])
-    for key in outputs[0]:
-        if key not in rows:
-            rows[key] = [v for o in outputs for v in o[key]]
-    return rows
-
-
-def _gather(rows: dict) -> dict:
-    """Every rank gets every rank's outputs (DDP), so group metrics see whole breasts and slides."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return rows
-    parts: list[dict] = [None] * dist.get_world_size()  # type: ignore[list-item]
-    dist.all_gather_object(parts, rows)
-    parts = [p for p in parts if p]
-    return _concat(parts) if parts else {}
-
-
-def _dedupe(rows: dict) -> dict:
-    """DistributedSampler pads with repeats; count each image once."""
-    ids = rows.get(keys.IMAGE_ID)
-    if not ids:
-        return rows
-    seen: dict = {}
-    for i, key in enumerate(zip(ids, rows.get(keys.X, [None] * len(ids)), rows.get(keys.Y, [None] * len(ids)), strict=True)):
-        seen.setdefault(key, i)
-    index = sorted(seen.values())
-    if len(index) == len(ids):
-        return rows
-    return {k: (v[index] if isinstance(v, np.ndarray) else [v[i] for i in index]) for k, v in rows.items()}

@@ -16,9 +16,12 @@ from medconv.errors import ConfigError
 
 
 class WarmupCosine(LRScheduler):
-    """Linear warmup from `min_lr_ratio` to the base LR over `warmup_epochs`, then cosine decay back to it.
+    """Linear warmup from `min_lr_ratio` to the base LR over `warmup_epochs` (or `warmup_steps`, which wins), then
+    cosine decay back to it.
 
-    Stepped per optimisation step. Until `bind_schedule` is called the factor is 1 (plain base LR).
+    Stepped per optimisation step. Until `bind_schedule` is called the factor is 1 (plain base LR). `warmup_steps`
+    is for runs whose length is set in steps (`max_steps`, the ablations' compute matching), where an epoch's
+    length changes with the label fraction.
     """
 
     def __init__(
@@ -29,10 +32,14 @@ class WarmupCosine(LRScheduler):
         total_steps: int | None = None,
         steps_per_epoch: int | None = None,
         last_epoch: int = -1,
+        warmup_steps: int | None = None,
     ):
+        if warmup_steps is not None and warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if warmup_epochs < 0 or not 0 <= min_lr_ratio <= 1:
             raise ConfigError(f"warmup_epochs must be >= 0 and min_lr_ratio in [0, 1], got {warmup_epochs}, {min_lr_ratio}")
         self.warmup_epochs = warmup_epochs
+        self.warmup_steps = warmup_steps
         self.min_lr_ratio = min_lr_ratio
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
@@ -48,7 +55,8 @@ class WarmupCosine(LRScheduler):
         if self.total_steps is None:
             return 1.0
         total, floor = self.total_steps, self.min_lr_ratio
-        warmup = min(int(self.warmup_epochs * (self.steps_per_epoch or total)), total - 1)
+        wanted = self.warmup_steps if self.warmup_steps is not None else int(self.warmup_epochs * (self.steps_per_epoch or total))
+        warmup = min(wanted, total - 1)
         if step < warmup:
             return floor + (1 - floor) * (step + 1) / (warmup + 1)
         progress = (step - warmup) / max(1, total - warmup)
@@ -67,6 +75,12 @@ def optimization(module, params, optimizer_factory, scheduler_factory, interval:
         return optimizer
     scheduler = scheduler_factory(optimizer)
     if hasattr(scheduler, "bind_schedule"):
-        total = max(1, int(module.trainer.estimated_stepping_batches))
-        scheduler.bind_schedule(total, max(1, total // max(1, module.trainer.max_epochs or 1)))
+        trainer = module.trainer
+        total = max(1, int(trainer.estimated_stepping_batches))  # also sets up the train loader, so its length is known
+        batches = trainer.num_training_batches
+        if math.isfinite(batches) and batches > 0:  # an epoch's optimiser steps, whether the run ends by epochs or steps
+            per_epoch = math.ceil(batches / max(1, trainer.accumulate_grad_batches))
+        else:
+            per_epoch = total // max(1, trainer.max_epochs or 1)
+        scheduler.bind_schedule(total, max(1, per_epoch))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}

@@ -1,5 +1,6 @@
 """Demo difficulty presets: `easy` is the original data to the bit; `hard` keeps the labels and ground truth but
-weakens the signal (smaller, fainter lesions in busier texture; tumour closer to normal, more stain variation)."""
+weakens the signal (smaller, fainter lesions in busier texture; tumour closer to normal, more stain variation);
+`subtle` (slides only) weakens it further. The calibration of `subtle` (a real fit) is in docs/data.md, not here."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 
 from medconv.demo import mammo as demo_mammo
-from medconv.demo.difficulty import WSI_PRESETS, demo_root
+from medconv.demo.difficulty import DIFFICULTIES, MAMMO_PRESETS, WSI_PRESETS, check_difficulty, demo_root
 from medconv.demo.mammo import generate_demo_mammo
 from medconv.demo.wsi import generate_demo_slides, render_slide
 from medconv.errors import ConfigError
@@ -118,6 +119,9 @@ def test_hard_slides_keep_the_tumour_mask_but_look_closer_to_normal_with_more_st
     assert (gaps["hard"] > 0).all()  # tumour is still darker than normal tissue on every slide: learnable
     assert gaps["hard"].mean() < 0.5 * gaps["easy"].mean()
     assert colours["hard"].std(axis=0).mean() > 1.5 * colours["easy"].std(axis=0).mean()  # stain varies between slides
+    # subtle: closer to normal than hard, still darker on average, under as much stain variation as hard
+    assert 0 < gaps["subtle"].mean() < 0.6 * gaps["hard"].mean()
+    assert colours["subtle"].std(axis=0).mean() > 1.5 * colours["easy"].std(axis=0).mean()
     healthy = render_slide(np.random.default_rng([5, 9]), 512, 384, tumour=False, pen=False, preset=WSI_PRESETS["hard"])
     assert not healthy.tumour.any()
 
@@ -130,6 +134,28 @@ def test_hard_slides_are_deterministic_and_cached_apart(tmp_path: Path) -> None:
     assert json.loads((a.parent / "demo_wsi_params.json").read_text())["difficulty"] == "hard"
     assert demo_root(tmp_path / "demo_wsi", "easy") == tmp_path / "demo_wsi"
     assert demo_root(tmp_path / "demo_wsi", "hard") == tmp_path / "demo_wsi_hard"
+    assert demo_root(tmp_path / "demo_wsi", "subtle") == tmp_path / "demo_wsi_subtle"
+
+
+def test_presets_differ_and_subtle_is_for_slides_only(tmp_path: Path) -> None:
+    from medconv.demo.cli import main
+
+    assert set(WSI_PRESETS) == set(DIFFICULTIES) and set(MAMMO_PRESETS) == {"easy", "hard"}
+    assert len(set(WSI_PRESETS.values())) == len(WSI_PRESETS)  # easy, hard and subtle are three different sets
+    subtle, hard, easy = WSI_PRESETS["subtle"], WSI_PRESETS["hard"], WSI_PRESETS["easy"]
+    assert 1 / 1400 < subtle.tumour_density < hard.tumour_density < easy.tumour_density  # normal tissue: 1/1400
+    assert check_difficulty("subtle") == check_difficulty("subtle", WSI_PRESETS) == "subtle"
+    with pytest.raises(ConfigError, match="subtle is a slide preset"):
+        check_difficulty("subtle", MAMMO_PRESETS)
+    with pytest.raises(ConfigError, match="subtle is a slide preset"):
+        generate_demo_mammo(tmp_path / "mammo", difficulty="subtle", **SMALL)
+    with pytest.raises(SystemExit) as usage:  # not one of the mammogram CLI's choices
+        main(["mammo", "--out", str(tmp_path / "cli_mammo"), "--difficulty", "subtle"])
+    assert usage.value.code == 2
+    assert main(["wsi", "--out", str(tmp_path / "cli_wsi"), "--n-slides", "2", "--width", "256", "--height", "256",
+                 "--difficulty", "subtle"]) == 0
+    params = json.loads((tmp_path / "cli_wsi" / "demo_wsi_params.json").read_text())
+    assert params["difficulty"] == "subtle" and params["preset"]["tumour_density"] == subtle.tumour_density
 
 
 def test_datamodules_and_cli_take_the_difficulty(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Every YAML in configs/ parses: experiments alone, overrides on top of their experiment, pieces through one."""
+"""Every YAML in configs/ parses: experiments alone, overrides on top of their experiment, pieces through one;
+sweep files (`medconv ablate`) through the sweep parser, plus the LightningCLI config of their first runs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medconv.ablation.commands import fit_args, pretrain_args
+from medconv.ablation.sweep import expand, load_sweep, pretrain_runs
 from medconv.lightning_cli import run_lightning
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -23,6 +26,10 @@ OVERRIDES = {
     "ablation/ssl_mammo_finetune.yaml": ["mammo_convnext.yaml", "quickstart_cpu.yaml"],
     "ablation/ssl_wsi_pretrain.yaml": ["pretrain/mim_convnext.yaml", "pretrain/on_wsi.yaml"],
     "ablation/ssl_wsi_finetune.yaml": "wsi_convnext.yaml",
+    "mil/clam_sb.yaml": "wsi_abmil.yaml",
+    "mil/transmil.yaml": "wsi_abmil.yaml",
+    "mil/end_to_end.yaml": "wsi_abmil.yaml",
+    "tests/tiny_mil.yaml": "wsi_abmil.yaml",
 }
 PIECE_DIRS = ("base", "backbones")
 
@@ -37,6 +44,12 @@ def _is_experiment(rel: str) -> bool:
         return False
     model = content["model"]
     return isinstance(model, str) or (isinstance(model, dict) and "class_path" in model)
+
+
+def _is_sweep(rel: str) -> bool:
+    """A `medconv ablate` sweep file (configs/ablation/<name>.yaml): not a LightningCLI config."""
+    content = yaml.safe_load((CONFIGS / rel).read_text()) or {}
+    return isinstance(content, dict) and "backbones" in content and "fractions" in content
 
 
 def _print_config(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
@@ -55,6 +68,19 @@ def test_config_parses(rel: str, capsys: pytest.CaptureFixture[str]) -> None:
         else:
             referenced = any(Path(rel).name in (CONFIGS / e).read_text() for e in _all_yaml() if _is_experiment(e))
             assert referenced, f"configs/{rel} is referenced by no experiment config, so nothing parses it"
+        return
+    if _is_sweep(rel):
+        sweep = load_sweep(CONFIGS / rel)
+        first = {}
+        for run in expand(sweep):  # the first fine-tune of each backbone: its configs, overrides and axes compose
+            first.setdefault(run.backbone.name, run)
+        for run in first.values():
+            args = fit_args(sweep, run, Path("runs") / run.run_id, Path("encoder.safetensors"))
+            config = _print_config(args[1:], capsys)
+            assert config["data"]["init_args"]["label_fraction"] == run.fraction
+        for prun in pretrain_runs(sweep)[:1]:
+            config = _print_config(pretrain_args(sweep, prun, Path("runs") / prun.run_id)[1:], capsys)
+            assert config["data"]["init_args"]["source"]["init_args"]["split_seed"] == sweep.split_seed
         return
     if _is_experiment(rel):
         config = _print_config(["--config", str(CONFIGS / rel)], capsys)

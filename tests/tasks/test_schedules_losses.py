@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from medconv.errors import ConfigError
 from medconv.tasks import CrossEntropy, FocalLoss, WarmupCosine
 
 
@@ -24,6 +25,16 @@ def test_warmup_cosine_by_hand():
     # warmup over 2 steps: (step + 1) / 3; then cosine over the remaining 8 steps
     assert lrs[:2] == pytest.approx([1 / 3, 2 / 3])
     assert lrs[2:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)])
+
+
+def test_warmup_steps_win_over_epochs():
+    """Runs sized in steps (the ablations) warm up over the same steps whatever an epoch's length."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupCosine(opt, warmup_epochs=5.0, warmup_steps=3, min_lr_ratio=0.0)
+    sched.bind_schedule(total_steps=10, steps_per_epoch=1)
+    assert _lrs(sched, opt, 4) == pytest.approx([1 / 4, 2 / 4, 3 / 4, 1.0])
+    with pytest.raises(ConfigError):
+        WarmupCosine(opt, warmup_steps=-1)
 
 
 def test_warmup_cosine_resumes_where_it_stopped():
