@@ -56,6 +56,19 @@ def dispatch(argv: list[str] | None, table: dict[str, tuple[str, str]], prog: st
     return int(module.main(rest) or 0)
 
 
+def run_tool(parser, run, argv: list[str] | None, prog: str) -> int:  # noqa: ANN001 -- argparse parser, run(args) -> int
+    """Parse `argv` and call `run(args)`: usage errors exit 2 (argparse), a MedconvError prints one line and exits 2."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        return run(args)
+    except MedconvError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -11,12 +11,12 @@ done with the same encoder and tiling (docs/embedding.md). Exit code: 0 all ok o
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
 
-from medconv.errors import ConfigError, MedconvError
+from medconv.errors import ConfigError
+from medconv.inference.cli import _trainer_kwargs, add_run_arguments
 
 PROG = "medconv embed"
 
@@ -37,36 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "training size, else the tile size); tiles are resized to it")
     p.add_argument("--coords-dir", type=Path, default=None, help="reuse `medconv tile` stores (<slide>.h5) instead of tiling")
     p.add_argument("--min-tissue", type=float, default=0.25, help="tissue fraction a tile needs when tiling on the fly")
-    p.add_argument("--slide-mpp", type=float, default=None, help="um/px for slides whose files lack it (overrides all)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers per process")
-    p.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu, ...")
-    p.add_argument("--devices", default="1", help="Lightning devices: a count, a list like 0,1, or auto")
-    p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp: each slide goes to one process")
-    p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--precision", default=None, help="default: bf16/16 mixed (AMP) on GPU, 32-true on CPU")
+    add_run_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="redo slides whose feature files are complete")
     p.add_argument("--backend", default="auto", help="slide reader: auto, openslide, tiff, plain")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        return run(args)
-    except MedconvError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    from medconv.cli import run_tool
+
+    return run_tool(build_parser(), run, argv, PROG)
 
 
 def run(args: argparse.Namespace) -> int:
     from medconv.embedding.encoders import load_encoder
     from medconv.embedding.run import embed_options, embed_slides, write_summary
-    from medconv.inference.cli import _trainer_kwargs
     from medconv.inference.slide_inputs import slide_jobs
 
     image_size = parse_size(args.image_size)

@@ -102,12 +102,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     if not modality:
         raise CheckpointError(f"{config_path}: data class {data_cfg.get('class_path')!r} is not one `medconv infer` runs "
                               f"(slides: {', '.join(WSI_DATA)}; mammograms: {', '.join(MAMMO_DATA)}).")
-    try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{ckpt_path}: holds Python objects other than weights, so medconv does not load it.") from err
-    except (OSError, RuntimeError, EOFError) as err:
-        raise CheckpointError(f"{ckpt_path}: unreadable checkpoint ({err}); is it truncated?") from err
+    state = read_checkpoint(ckpt_path)
     hparams = state.get("hyper_parameters") or {}
     image_size = tuple(int(v) for v in data_args.get("image_size") or (224, 224))
     in_chans = int(data_args.get("in_chans") or (3 if modality == "wsi" else 1))
@@ -119,6 +114,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     module.eval().to(device)
     classes = _classes(data_cfg, data_args, int(hparams.get("num_classes", 2)))
     return LoadedModel(module, classes, modality, image_size, in_chans, ckpt_path, config_path, data_args)
+
+
+def read_checkpoint(ckpt_path: Path) -> dict[str, Any]:
+    """A checkpoint's tensors and hyper-parameters, with `weights_only=True` (pickled code is refused, not run)."""
+    try:
+        return torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{ckpt_path}: holds Python objects other than weights, so medconv does not load it.") from err
+    except (OSError, RuntimeError, EOFError) as err:
+        raise CheckpointError(f"{ckpt_path}: unreadable checkpoint ({err}); is it truncated?") from err
 
 
 def _class(path: str) -> type:

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from medconv.errors import ConfigError, MedconvError
+from medconv.errors import ConfigError
 
 PROG = "medconv infer"
 
@@ -33,14 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0.25; MIL: that of the training features)")
     p.add_argument("--features-dir", type=Path, default=None, help="MIL checkpoints: `medconv embed` features "
                    "(<slide>.h5) to use where present; other slides are embedded now into <out>/features")
-    p.add_argument("--slide-mpp", type=float, default=None, help="um/px for slides whose files lack it (overrides all)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers per process")
-    p.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu, ...")
-    p.add_argument("--devices", default="1", help="Lightning devices: a count, a list like 0,1, or auto")
-    p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp: each slide goes to one process")
-    p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--precision", default=None, help="default: bf16/16 mixed (AMP) on GPU, 32-true on CPU")
+    add_run_arguments(p)
     p.add_argument("--aggregate", default="max", help="slide score from tile probabilities: mean, max, topk or topk:K")
     p.add_argument("--threshold", type=float, default=0.5, help="probability for regions (GeoJSON annotations) and the "
                    "predicted class of two-class models")
@@ -52,17 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """What every slide pipeline command (infer, embed) takes: slide mpp, loader and Lightning devices/precision."""
+    p.add_argument("--slide-mpp", type=float, default=None, help="um/px for slides whose files lack it (overrides all)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers per process")
+    p.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu, ...")
+    p.add_argument("--devices", default="1", help="Lightning devices: a count, a list like 0,1, or auto")
+    p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp: each slide goes to one process")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--precision", default=None, help="default: bf16/16 mixed (AMP) on GPU, 32-true on CPU")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        return run(args)
-    except MedconvError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    from medconv.cli import run_tool
+
+    return run_tool(build_parser(), run, argv, PROG)
 
 
 def run(args: argparse.Namespace) -> int:

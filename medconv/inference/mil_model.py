@@ -9,7 +9,6 @@ from: what embeds new slides the same way (None for bags made by other tools, CL
 from __future__ import annotations
 
 import inspect
-import pickle
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 import yaml
 
 from medconv.errors import CheckpointError, ConfigError
-from medconv.inference.checkpoint import _class, find_checkpoint
+from medconv.inference.checkpoint import _class, find_checkpoint, read_checkpoint
 
 MIL_DATA = ("MILDataModule",)
 #: MILModule arguments that are objects (rebuilt here or unused in inference), never taken from hparams
@@ -69,12 +68,7 @@ def load_mil_model(path: str | Path, device: str | torch.device = "cpu") -> Load
     model_class = _class(model_cfg.get("class_path", "medconv.tasks.MILModule"))
     if not issubclass(model_class, MILModule):
         raise CheckpointError(f"{config_path}: model {model_cfg.get('class_path')} is not a medconv.tasks.MILModule.")
-    try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{ckpt_path}: holds Python objects other than weights, so medconv does not load it.") from err
-    except (OSError, RuntimeError, EOFError) as err:
-        raise CheckpointError(f"{ckpt_path}: unreadable checkpoint ({err}); is it truncated?") from err
+    state = read_checkpoint(ckpt_path)
     hparams = dict(state.get("hyper_parameters") or {})
     if not hparams.get("in_dim"):
         raise CheckpointError(f"{ckpt_path}: no in_dim in its hyper-parameters; is it a MIL checkpoint of `medconv fit`?")

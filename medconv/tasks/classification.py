@@ -85,12 +85,6 @@ class ClassificationModule(EvalRows, L.LightningModule):
         logits = self(batch[keys.IMAGE])
         self._record(prefix, logits, self.criterion(logits, batch[keys.LABEL]), batch)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probs = self(batch[keys.IMAGE]).float().softmax(1).cpu()
         out = {"probs": probs, keys.LABEL: batch.get(keys.LABEL)}

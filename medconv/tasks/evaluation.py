@@ -18,8 +18,8 @@ META_KEYS = (keys.IMAGE_ID, keys.PATIENT_ID, keys.EXAM_ID, keys.LATERALITY, keys
 
 
 class EvalRows:
-    """Mixin for a LightningModule (list it before `L.LightningModule`): call `_init_eval` in `__init__` and
-    `_record(prefix, logits, loss, batch)` in validation/test steps; the epoch hooks do the rest."""
+    """Mixin for a LightningModule (list it before `L.LightningModule`): call `_init_eval` in `__init__` and define
+    `_eval_step(batch, prefix)`, which calls `_record(prefix, logits, loss, batch)`; the steps and epoch hooks do the rest."""
 
     def _init_eval(self, eval_groups: dict[str, list[str]] | None, group_reduce: str) -> None:
         if group_reduce not in REDUCERS:
@@ -38,6 +38,12 @@ class EvalRows:
                 value = batch[key]
                 out[key] = value.cpu().tolist() if torch.is_tensor(value) else list(value)
         self._outputs.append(out)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")  # the task's forward + `_record`
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
 
     def on_validation_epoch_start(self) -> None:
         self._outputs = []

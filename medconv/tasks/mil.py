@@ -160,12 +160,6 @@ class MILModule(EvalRows, L.LightningModule):
         logits = self(self._bag(batch), batch.get(keys.MASK)).logits
         self._record(prefix, logits, self.criterion(logits, batch[keys.LABEL]), batch)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Per slide: probs (B, C) tensor, label, ids, and lists of per-slide arrays: attention (n,), coords (n, 2)
         (None when the bags have none) and instance_logits (n, C) (None unless the aggregator gives them)."""
