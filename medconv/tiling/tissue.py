@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from scipy import ndimage
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_objects
 
@@ -79,15 +78,18 @@ def _bounded_otsu(saturation: np.ndarray) -> float:
 
 
 def _fill_holes(mask: np.ndarray, max_hole_px: int | None) -> np.ndarray:
-    filled = ndimage.binary_fill_holes(mask)
+    """Holes: background not 4-connected to the border (scipy's `binary_fill_holes`), found by one OpenCV flood
+    fill from a 1-px frame, several times faster than scipy's iterated dilation on slide-sized masks."""
+    framed = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), np.uint8)
+    framed[1:-1, 1:-1] = mask
+    cv2.floodFill(framed, None, (0, 0), 1, flags=4)  # the outside background becomes 1; holes stay 0
+    holes = framed[1:-1, 1:-1] == 0
     if max_hole_px is None:
-        return filled
-    holes = filled & ~mask
-    labels, n = ndimage.label(holes)
-    if n == 0:
+        return mask | holes
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=4)
+    if n <= 1:
         return mask
-    sizes = np.bincount(labels.ravel())
-    small = sizes <= max_hole_px
+    small = stats[:, cv2.CC_STAT_AREA] <= max_hole_px
     small[0] = False
     return mask | small[labels]
 
