@@ -97,6 +97,10 @@ def _classes(data_args: dict, n: int, config_path: Path) -> list[str]:
     if data_args.get("classes"):
         return [str(c) for c in data_args["classes"]]
     manifest = data_args.get("manifest")
+    if not manifest and n == 2:  # trained on the demo bags (medconv.mil.demo)
+        from medconv.mil.datamodule import DEMO_CLASSES
+
+        return list(DEMO_CLASSES)
     # relative to where fit ran: try the working directory, then the folder above runs/
     candidates = [Path(manifest), *(parent / manifest for parent in config_path.resolve().parents)] if manifest else []
     for path in candidates:

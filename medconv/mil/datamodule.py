@@ -21,10 +21,12 @@ from medconv.embedding.encoders import fingerprint
 from medconv.embedding.features import file_attrs, read_features
 from medconv.errors import ConfigError, MedconvError
 from medconv.mil.bags import FeatureBagDataset, bag_shape, collate_bags
+from medconv.mil.demo import MILDemo, demo_manifest
 from medconv.mil.tile_bags import TileBagDataset
 from medconv.wsi.transforms import IMAGENET_MEAN, IMAGENET_STD, HEAugment, he_train_transforms
 
 REQUIRED = ("label", "patient_id")
+DEMO_CLASSES = ["normal", "tumor"]
 TILING = ("tile_size", "target_mpp", "min_tissue", "image_size", "dtype")
 BAG_SOURCES = ("features", "tiles")
 
@@ -46,6 +48,7 @@ class MILDataModule(ClassificationDataModule):
         tiles_per_bag: tiles sampled per slide and step (tiles); `eval_tiles_per_bag` evenly spaced tiles in
             evaluation (None: all).
         batch_size: slides per batch; bags are padded to the largest with a mask (`collate_bags`).
+        demo: without a manifest, the demo set (`medconv.mil.demo.MILDemo`: slides, tiling, encoder) is made and used.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class MILDataModule(ClassificationDataModule):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         backend: str = "auto",
+        demo: MILDemo | None = None,
         **kwargs,  # the base's: manifest, classes, val/test/label fractions, seed, balanced_sampling, predict_split
     ):
         super().__init__(image_size=image_size, in_chans=in_chans, batch_size=batch_size, num_workers=num_workers, **kwargs)
@@ -78,6 +82,7 @@ class MILDataModule(ClassificationDataModule):
         self.augment = augment if augment is not None else HEAugment()
         self.mean, self.std = tuple(mean), tuple(std)
         self.backend = backend
+        self.demo = demo if demo is not None else MILDemo()
         self._feature_dim: int | None = None
         self._encoder_info: dict | None = None
         self._feature_tiling: dict = {}
@@ -122,11 +127,11 @@ class MILDataModule(ClassificationDataModule):
 
     # --- table -------------------------------------------------------------------------------
     def _demo_manifest(self) -> Path:
-        """DEMO HOOK: MIL demo data (demo slides -> `medconv embed` -> manifest) is not wired yet."""
-        raise ConfigError(
-            "MILDataModule needs a manifest: set data.init_args.manifest to a CSV with label, patient_id and "
-            "features_path (or slide_path + features_dir). Demo data for MIL is not available yet."
-        )
+        """No manifest: demo slides, tiled and embedded (`medconv.mil.demo`), reused once made."""
+        return demo_manifest(self.demo)
+
+    def default_classes(self) -> list[str] | None:
+        return DEMO_CLASSES if self.manifest is None else None
 
     def load_table(self) -> pd.DataFrame:
         manifest = Path(self.manifest) if self.manifest is not None else self._demo_manifest()
