@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from medconv import keys
-from medconv.errors import ConfigError, ManifestError
+from medconv.errors import ManifestError
 from medconv.mil import FeatureBagDataset, MILDataModule
+from medconv.mil.demo import MILDemo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,12 +35,13 @@ def test_manifest_problems_reported_together(bags, bag_maker):
     assert "5 problem(s)" in message
 
 
-def test_manifest_needs_a_bag_column_and_a_manifest(tmp_path):
+def test_manifest_needs_a_bag_column(tmp_path):
     pd.DataFrame({"label": ["a"], "patient_id": ["p"]}).to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(ManifestError, match="no features_path or slide_path"):
         MILDataModule(manifest=str(tmp_path / "m.csv")).setup("fit")
-    with pytest.raises(ConfigError, match="needs a manifest"):
-        _ = MILDataModule().num_classes
+    # no manifest: the demo bags' classes, known before (and without) making any demo data
+    assert MILDataModule(demo=MILDemo(dir=str(tmp_path / "demo"))).classes == ["normal", "tumor"]
+    assert not list(tmp_path.glob("demo*"))
     pd.DataFrame({"label": ["a"], "patient_id": ["p"], "slide_path": ["s.tif"]}).to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(ManifestError, match="features_dir"):
         MILDataModule(manifest=str(tmp_path / "m.csv")).setup("fit")
