@@ -72,10 +72,15 @@ def file_attrs(path: Path) -> dict[str, Any] | None:
     """The attributes of a complete medconv feature file, else None (absent, partial, unreadable, other format)."""
     try:
         with h5py.File(path, "r") as f:
-            attrs = {k: plain_attr(v) for k, v in f.attrs.items()}
-            ok = "features" in f and "coords" in f
+            return open_file_attrs(f)
     except OSError:
         return None
+
+
+def open_file_attrs(f: h5py.File) -> dict[str, Any] | None:
+    """`file_attrs` of an already open file (callers that also read its header open it once)."""
+    attrs = {k: plain_attr(v) for k, v in f.attrs.items()}
+    ok = "features" in f and "coords" in f
     return attrs if ok and attrs.get("format") == FORMAT and attrs.get("complete") else None
 
 

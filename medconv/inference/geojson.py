@@ -66,9 +66,10 @@ def tile_features(coords: np.ndarray, scores: np.ndarray, patch_size_level0: flo
 
 
 def region_features(regions: Sequence[Region], class_name: str, class_index: int, n_classes: int,
-                    threshold: float) -> list[dict]:
+                    threshold: float, map_label: str = "p", measure: str = "prob") -> list[dict]:
     """One `annotation` Feature per region: polygon (holes kept), name, classification and measurements
-    (area in mm², max and mean score inside)."""
+    (area in mm², max and mean of the map inside). `map_label` / `measure` name what was thresholded (a MIL
+    model's map is relative attention, not a probability), in the name and the measurement keys."""
     features = []
     for i, region in enumerate(regions, start=1):
         features.append({
@@ -77,13 +78,13 @@ def region_features(regions: Sequence[Region], class_name: str, class_index: int
             "geometry": _geometry(region.polygon),
             "properties": {
                 "objectType": "annotation",
-                "name": f"{class_name} region {i} (p >= {threshold:g})",
+                "name": f"{class_name} region {i} ({map_label} >= {threshold:g})",
                 "classification": {"name": class_name, "color": class_colour(class_index, n_classes)},
                 "isLocked": False,
                 "measurements": {
                     "area_mm2": round(region.area_mm2, 6),
-                    "max_prob": round(region.max_score, 6),
-                    "mean_prob": round(region.mean_score, 6),
+                    f"max_{measure}": round(region.max_score, 6),
+                    f"mean_{measure}": round(region.mean_score, 6),
                 },
             },
         })

@@ -24,8 +24,7 @@ class InferenceTiles(TileDataset):
     slide_id, x, y (one slide reader per worker process, as in training)."""
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        slide_index = int(np.searchsorted(self._offsets, index, side="right") - 1)
-        tile_index = index - int(self._offsets[slide_index])
+        slide_index, tile_index = self.locate(index)
         image = self.read_tile(slide_index, tile_index)
         if self.image_size is not None and image.shape[:2] != self.image_size:
             image = cv2.resize(image, (self.image_size[1], self.image_size[0]), interpolation=cv2.INTER_AREA)

@@ -85,7 +85,8 @@ def write_slide_outputs(out_dir: Path, name: str, coords: np.ndarray, scores: np
     (the h5's `aggregate` is then "model"), `extra` are more per-tile h5 datasets (raw attention, ...),
     `map_label` says what the map in `scores[:, positive]` is (colour bar, title, h5 attribute `map`), and
     `measurements` replace the class probabilities of the GeoJSON tiles, which are then classified as the
-    positive class where the map reaches the threshold.
+    positive class where the map reaches the threshold; the first of them is the map's own measurement, whose
+    name the regions' max/mean take.
     """
     remove_stale_temps(out_dir, name)
     paths = output_paths(out_dir, name)
@@ -110,7 +111,8 @@ def write_slide_outputs(out_dir: Path, name: str, coords: np.ndarray, scores: np
     predicted = None if measurements is None else \
         np.where(np.asarray(scores).reshape(len(coords), -1)[:, settings.positive] >= settings.threshold, settings.positive, -1)
     features = tile_features(coords, scores, size0, settings.classes, (width, height), measurements, predicted)
-    features += region_features(regions, positive, settings.positive, len(settings.classes), settings.threshold)
+    named = {} if map_label is None else {"map_label": map_label, "measure": next(iter(measurements or {"map": 0}))}
+    features += region_features(regions, positive, settings.positive, len(settings.classes), settings.threshold, **named)
     write_geojson(paths["geojson"], features)
     file_attrs = {
         "format": FORMAT,

@@ -18,21 +18,24 @@ from torch.utils.data import Dataset
 
 from medconv import keys
 from medconv.data.samplers import decode_draw
-from medconv.embedding.features import read_features
+from medconv.embedding.features import open_file_attrs, read_features
 
 # Keys whose first dimension is the bag's instances: padded by `collate_bags`.
 INSTANCE_KEYS = (keys.FEATURES, keys.IMAGE, keys.COORDS)
-def bag_shape(path: str | Path) -> tuple[int, int]:
-    """(N, D) of a bag file, from the HDF5 header where possible (manifest validation reads every bag)."""
+def bag_header(path: str | Path) -> tuple[tuple[int, int], dict[str, Any]]:
+    """(N, D) of a bag file and its medconv attributes ({} for CLAM/TRIDENT files), from one open of the HDF5
+    header where possible: manifest validation reads every bag, so it must not read the features twice."""
     path = Path(path)
-    if path.suffix != ".pt" and path.is_file():
+    if path.suffix not in (".pt", ".pth") and path.is_file():
         try:
             with h5py.File(path, "r") as f:
                 if "features" in f and f["features"].ndim == 2 and f["features"].shape[0] > 0:
-                    return tuple(int(s) for s in f["features"].shape)  # type: ignore[return-value]
+                    shape = tuple(int(s) for s in f["features"].shape)
+                    return shape, open_file_attrs(f) or {}  # type: ignore[return-value]
         except OSError:
             pass  # read_features words the error
-    return read_features(path).features.shape  # type: ignore[return-value]
+    bag = read_features(path)
+    return bag.features.shape, {}  # type: ignore[return-value]
 
 
 class FeatureBagDataset(Dataset):

@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 from medconv.data.datamodule import ClassificationDataModule
 from medconv.data.manifest import raise_if_problems, validate_manifest
 from medconv.embedding.encoders import fingerprint
-from medconv.embedding.features import file_attrs, read_features
+from medconv.embedding.features import read_features
 from medconv.errors import ConfigError, MedconvError
-from medconv.mil.bags import FeatureBagDataset, bag_shape, collate_bags
+from medconv.mil.bags import FeatureBagDataset, bag_header, collate_bags
 from medconv.mil.demo import MILDemo, demo_manifest
 from medconv.mil.tile_bags import TileBagDataset
 from medconv.wsi.transforms import IMAGENET_MEAN, IMAGENET_STD, HEAugment, he_train_transforms
@@ -171,12 +171,12 @@ class MILDataModule(ClassificationDataModule):
             elif not Path(path).is_file():
                 problems.append(f"row {i + 2}: {what} {path} not found; run {fix} with --out {Path(path).parent}")
             elif self.bag_source == "features":
-                try:
-                    widths.setdefault(bag_shape(path)[1], []).append(i + 2)
+                try:  # medconv files also give the encoder record and tiling of `medconv embed`
+                    (_, width), attrs = bag_header(path)
                 except MedconvError as err:
                     problems.append(f"row {i + 2}: {err}")
                     continue
-                attrs = file_attrs(Path(path)) or {}  # medconv files: the encoder record and tiling of `medconv embed`
+                widths.setdefault(width, []).append(i + 2)
                 record = json.loads(attrs["encoder"]) if isinstance(attrs.get("encoder"), str) else None
                 key = fingerprint(record) if record else ""
                 encoders.setdefault(key, (record, [], {k: attrs[k] for k in TILING if k in attrs}))[1].append(i + 2)

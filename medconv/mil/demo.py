@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from medconv.embedding.features import file_attrs
 from medconv.errors import ConfigError
 from medconv.io.atomic import write_text
 
@@ -49,17 +50,23 @@ def demo_manifest(demo: MILDemo) -> Path:
     for slide in slides["slide_path"]:
         tile_slide(root / slide, coords, Path(slide).stem, TileOptions(target_mpp=demo.target_mpp, tile_size=demo.tile_size))
     features = root / f"features_{demo.encoder}_{demo.tile_size}px_{demo.target_mpp:g}mpp"
-    command = [sys.executable, "-m", "medconv.cli", "embed", demo.encoder, str(root / "slides"), "--out", str(features),
-               "--coords-dir", str(coords), "--tile-size", str(demo.tile_size), "--target-mpp", str(demo.target_mpp),
-               "--num-workers", "0", "--accelerator", "cpu"]
-    print(f"MIL demo data: embedding {len(slides)} demo slides with {demo.encoder} into {features}", file=sys.stderr)
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise ConfigError(f"MIL demo data: `medconv embed` failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    stems = [Path(p).stem for p in slides["slide_path"]]
+    if not all(file_attrs(features / f"{s}.h5") for s in stems):  # the folder's name fixes encoder and tiling
+        _embed(demo, root, coords, features, len(stems))
     table = slides[["slide_path", "label", "patient_id"]].copy()
-    stems = [Path(p).stem for p in table["slide_path"]]
     table["features_path"] = [str(features / f"{s}.h5") for s in stems]
     table["coords_path"] = [str(coords / f"{s}.h5") for s in stems]
     manifest = root / "mil_manifest.csv"
     write_text(manifest, table.to_csv(index=False))
     return manifest
+
+
+def _embed(demo: MILDemo, root: Path, coords: Path, features: Path, n_slides: int) -> None:
+    """`medconv embed` in a child process (its own DataLoader and threads), resuming what an earlier run left."""
+    command = [sys.executable, "-m", "medconv.cli", "embed", demo.encoder, str(root / "slides"), "--out", str(features),
+               "--coords-dir", str(coords), "--tile-size", str(demo.tile_size), "--target-mpp", str(demo.target_mpp),
+               "--num-workers", "0", "--accelerator", "cpu"]
+    print(f"MIL demo data: embedding {n_slides} demo slides with {demo.encoder} into {features}", file=sys.stderr)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ConfigError(f"MIL demo data: `medconv embed` failed ({done.returncode}):\n{done.stderr[-2000:]}")

@@ -67,7 +67,7 @@ class TileBagDataset(Dataset):
     def __getitem__(self, value: int) -> dict[str, Any]:
         index, draw = decode_draw(int(value), len(self))
         st = self.tiles.slides[index]
-        offset, total = int(self.tiles._offsets[index]), len(self.tiles)
+        offset, total = self.tiles.first_index(index), len(self.tiles)
         chosen = self.choose(index, draw)
         # The tile dataset decodes (tile, draw) the same way and seeds each tile's augmentation from it.
         images = torch.stack([self.tiles[offset + int(t) + total * draw][keys.IMAGE] for t in chosen])

@@ -157,6 +157,15 @@ class TileDataset(Dataset):
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
+    def locate(self, index: int) -> tuple[int, int]:
+        """(slide index, tile index within that slide) of a dataset index."""
+        slide_index = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        return slide_index, index - int(self._offsets[slide_index])
+
+    def first_index(self, slide_index: int) -> int:
+        """The dataset index of a slide's first tile (its tiles follow in store order)."""
+        return int(self._offsets[slide_index])
+
     @property
     def labels(self) -> np.ndarray:
         """Label index of every tile, in dataset order (for balanced sampling and metrics)."""
@@ -176,8 +185,7 @@ class TileDataset(Dataset):
 
     def __getitem__(self, value: int) -> dict[str, Any]:
         index, draw = decode_draw(int(value), len(self))
-        slide_index = int(np.searchsorted(self._offsets, index, side="right") - 1)
-        tile_index = index - int(self._offsets[slide_index])
+        slide_index, tile_index = self.locate(index)
         st = self.slides[slide_index]
         image = self.read_tile(slide_index, tile_index)
         if self.image_size is not None and image.shape[:2] != self.image_size:

@@ -90,3 +90,11 @@ def test_config_parses(rel: str, capsys: pytest.CaptureFixture[str]) -> None:
         stack = [arg for base in bases for arg in ("--config", str(CONFIGS / base))]
         config = _print_config([*stack, "--config", str(CONFIGS / rel)], capsys)
     assert config["model"]["class_path"] and config["data"]["class_path"]
+
+
+@pytest.mark.parametrize("aggregator", ["mil/clam_sb.yaml", "mil/transmil.yaml"])
+def test_tiny_mil_goes_on_top_of_every_aggregator(aggregator: str, capsys: pytest.CaptureFixture[str]) -> None:
+    stack = [arg for rel in ("wsi_abmil.yaml", aggregator, "tests/tiny_mil.yaml") for arg in ("--config", str(CONFIGS / rel))]
+    config = _print_config(stack, capsys)
+    chosen = config["model"]["init_args"]["aggregator"]
+    assert chosen["class_path"].endswith(("CLAMSB", "TransMIL")) and chosen["init_args"]["hidden_dim"] == 32

@@ -86,9 +86,13 @@ def test_outputs_hold_slide_probabilities_and_relative_attention(mil_run, from_f
             probs = loaded.module(torch.from_numpy(bag.features)[None]).logits.softmax(-1)[0].numpy()
         assert np.isclose(attrs["score"], probs[1], atol=1e-5) and np.isclose(row["score"], probs[1], atol=1e-5)
         assert (out / f"{name}_heatmap.png").stat().st_size > 1000
-        tiles = [g for g in json.loads((out / f"{name}.geojson").read_text())["features"]
-                 if g["properties"]["objectType"] == "tile"]
+        features = json.loads((out / f"{name}.geojson").read_text())["features"]
+        tiles = [g for g in features if g["properties"]["objectType"] == "tile"]
         assert len(tiles) == len(coords) and {"attention_rel", "attention"} == set(tiles[0]["properties"]["measurements"])
+        regions = [g["properties"] for g in features if g["properties"]["objectType"] == "annotation"]
+        assert regions  # the most-attended tile is at 1, above any threshold: named as attention, not probability
+        assert all("attention / max attention >= 0.5" in r["name"] and "max_attention_rel" in r["measurements"]
+                   for r in regions)
     quality = json.loads((out / "quality.json").read_text())
     assert quality["n_slides"] == N_SLIDES and "auroc" in quality["tile"] and "score" in quality["froc"]
     within = quality["tile_within_tumour"]
