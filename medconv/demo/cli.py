@@ -2,7 +2,7 @@
 
 Each kind takes `--difficulty`: `easy` (the default) is the standard set, on which small models reach AUROC ~1.0;
 `hard` weakens the signal (medconv.demo.difficulty) to leave room for scarce-label experiments; slides also have
-`subtle`, calibrated so that a resnet18d with all labels reaches tile AUROC ~0.85-0.95 (docs/data.md).
+`subtle`, calibrated so that the CPU ablation sweep's ConvNeXt-atto with all labels reaches tile AUROC ~0.85-0.95 (docs/data.md).
 """
 
 from __future__ import annotations
