@@ -2,7 +2,7 @@
 
 Three figures from one run, so the bottleneck is visible: loader tiles/s (reads through the fast reader,
 resize, uint8 batches from DataLoader workers, no model; also with the tissue grid's time), model tiles/s (the checkpoint's model on batches
-already in memory, with the precision `medconv infer` uses), and end-to-end tiles/s (`medconv infer` itself:
+already in memory, with the precision and memory format `medconv infer` uses), and end-to-end tiles/s (`medconv infer` itself:
 tiling, reading, model, heatmap/GeoJSON/h5 writing). Also slides/hour for a typical 20x slide (100k x 80k px at
 0.5 um/px) extrapolated from end-to-end tiles/s and this slide's tissue fraction.
 """
@@ -55,7 +55,7 @@ def model_rate(loaded: Any, batch_size: int, device: torch.device, precision: st
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
     with torch.inference_mode(), autocast:
         for _ in range(2):
-            module(x)
+            probs = module(x)
         _sync(device)
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < min_seconds or n < 3 * batch_size:
@@ -63,7 +63,9 @@ def model_rate(loaded: Any, batch_size: int, device: torch.device, precision: st
             n += batch_size
         _sync(device)
         seconds = time.perf_counter() - start
-    return {"tiles": n, "seconds": seconds, "tiles_per_s": n / seconds}
+    with torch.inference_mode():  # what the precision costs in the scores themselves
+        deviation = float((probs.float() - module(x)).abs().max()) if dtype is not None else 0.0
+    return {"tiles": n, "seconds": seconds, "tiles_per_s": n / seconds, "max_abs_prob_diff_vs_fp32": deviation}
 
 
 def _sync(device: torch.device) -> None:
@@ -111,14 +113,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     from medconv.inference.checkpoint import load_model
     from medconv.inference.cli import main as infer_main
-    from medconv.lightning_cli import default_precision
+    from medconv.lightning_cli import inference_precision
     from medconv.tiling.coords_store import read_coords
     from medconv.tiling.slide_tiler import TileOptions, tile_slide
 
     loaded = load_model(args.ckpt)
     tile_size, target_mpp = args.tile_size or loaded.tile_size, args.target_mpp or loaded.target_mpp
     device = torch.device("cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu")
-    precision = default_precision() if device.type == "cuda" else "32-true"
+    precision = args.precision or inference_precision("cpu" if device.type == "cpu" else "gpu")
     out: dict[str, Any] = {"slide": str(args.slide), "backbone": loaded.module.backbone.name, "tile_size": tile_size,
                            "target_mpp": target_mpp, "image_size": list(loaded.image_size), "batch_size": args.batch_size,
                            "workers": args.num_workers, "device": str(device), "precision": precision,
@@ -139,7 +141,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         out["model"] = model_rate(loaded, args.batch_size, device, precision, args.min_seconds)
         argv = [str(args.ckpt), str(args.slide), "--out", str(tmp / "infer"), "--batch-size", str(args.batch_size),
                 "--num-workers", str(args.num_workers), "--accelerator", device.type if device.type == "cpu" else "gpu"]
-        argv += ["--target-mpp", str(target_mpp), "--tile-size", str(tile_size)]
+        argv += ["--target-mpp", str(target_mpp), "--tile-size", str(tile_size), "--precision", precision]
         argv += ["--slide-mpp", str(args.slide_mpp)] if args.slide_mpp else []
         start = time.perf_counter()
         code = infer_main(argv)
@@ -181,7 +183,8 @@ def report(r: dict[str, Any]) -> str:
         f"{r['workers']} workers, {r['device']} ({r['precision']}, {r['torch_threads']} threads)",
         f"  loader      {r['loader']['tiles_per_s']:8.1f} tiles/s  (reads + resize, uint8 batches; with the tissue grid "
         f"{r['loader']['tiles_per_s_with_grid']:.1f})",
-        f"  model       {r['model']['tiles_per_s']:8.1f} tiles/s  (in-memory batches)",
+        f"  model       {r['model']['tiles_per_s']:8.1f} tiles/s  (in-memory batches; tile probabilities within "
+        f"{r['model'].get('max_abs_prob_diff_vs_fp32', 0.0):.1e} of fp32)",
         f"  end to end  {r['end_to_end']['tiles_per_s']:8.1f} tiles/s  ({r['e2e_over_model']:.2f} of the model bound; "
         f"the whole `medconv infer` command)",
         f"    per slide {r['end_to_end']['slide_tiles_per_s']:8.1f} tiles/s  ({r['slide_over_model']:.2f} of the model bound; "
@@ -218,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-mpp", type=float, default=None)
     p.add_argument("--slide-mpp", type=float, default=None)
     p.add_argument("--accelerator", default="auto")
+    p.add_argument("--precision", default=None, help="as `medconv infer --precision` (default: what it uses on this "
+                   "machine; 32-true to compare at fp32, wsinfer runs fp32)")
     p.add_argument("--max-tiles", type=int, default=None, help="loader figure from at most this many tiles (evenly spread)")
     p.add_argument("--min-seconds", type=float, default=3.0, help="timed model work")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")

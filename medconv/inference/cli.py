@@ -54,7 +54,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", default="1", help="Lightning devices: a count, a list like 0,1, or auto")
     p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp: each slide goes to one process")
     p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--precision", default=None, help="default: bf16/16 mixed (AMP) on GPU, 32-true on CPU")
+    p.add_argument("--precision", default=None, help="Lightning precision; default: bf16/16 mixed (AMP) on GPU, bf16-mixed "
+                   "on CPUs with native bf16 (AVX512-BF16/AMX), else 32-true")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +153,7 @@ def _report(args: argparse.Namespace, rows: list[dict], classes: list[str], is_m
 def _trainer_kwargs(args: argparse.Namespace) -> dict:
     import torch
 
-    from medconv.lightning_cli import default_precision
+    from medconv.lightning_cli import inference_precision
 
     devices: int | str | list[int] = args.devices
     if isinstance(devices, str) and devices.isdigit():
@@ -162,7 +163,7 @@ def _trainer_kwargs(args: argparse.Namespace) -> dict:
     accelerator = args.accelerator
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    precision = args.precision or (default_precision() if accelerator != "cpu" else "32-true")
+    precision = args.precision or inference_precision(accelerator)
     return {"accelerator": accelerator, "devices": devices, "strategy": args.strategy, "num_nodes": args.num_nodes,
             "precision": precision}
 

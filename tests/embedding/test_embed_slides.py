@@ -29,10 +29,11 @@ TIMM = ["test_resnet", "--tile-size", "64", "--target-mpp", "1.0", "--num-worker
 
 @pytest.fixture(scope="module")
 def embedded(wsi_run, emb_slides, tmp_path_factory):
-    """(exit code, out) of `medconv embed <medconv run> <slides> --dtype float32 --clam-pt`."""
+    """(exit code, out) of `medconv embed <medconv run> <slides> --dtype float32 --clam-pt` in fp32 (the default
+    on a CPU with native bf16 is bf16 autocast; this compares the pipeline with a direct forward exactly)."""
     out = tmp_path_factory.mktemp("embed_out")
     code = main([str(wsi_run), str(emb_slides), "--out", str(out), "--num-workers", "0", "--batch-size", "16",
-                 "--dtype", "float32", "--clam-pt"])
+                 "--dtype", "float32", "--clam-pt", "--precision", "32-true"])
     return code, out
 
 
