@@ -42,7 +42,7 @@ def native_cpu_bf16() -> bool:
 
 def inference_precision(accelerator: str) -> str:
     """Inference and embedding: AMP on GPU as in training; bf16 autocast on CPUs with native bf16 (measured on an
-    AVX512-BF16 EPYC: 1.9x the tiles/s for ConvNeXt-atto and PVT-v2-b0, tile probabilities within ~1e-3 of fp32,
+    AVX512-BF16 EPYC: 1.9x the tiles/s for ConvNeXt-atto and PVT-v2-b0, tile probabilities within 0.004 of fp32,
     docs/benchmarks.md), else fp32. `--precision 32-true` keeps fp32 anywhere."""
     if accelerator != "cpu":
         return default_precision()

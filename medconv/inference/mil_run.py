@@ -31,6 +31,7 @@ from medconv.tiling.coords_store import read_coords
 from medconv.tiling.slide_tiler import source_fingerprint
 
 MAP_LABEL = "attention / max attention"
+MAP_MEASURE = "attention_rel"  # its GeoJSON measurement (tiles) and the regions' max_/mean_ prefix
 
 
 def run_mil(loaded: LoadedMIL, args: argparse.Namespace, positive: int, trainer_kwargs: dict[str, Any],
@@ -136,7 +137,7 @@ def infer_slide(job: SlideJob, features_path: Path, loaded: LoadedMIL, settings:
         relative = relative_attention(attention)
         scores[:, settings.positive] = relative
         extra["attention"] = attention
-        measurements = {"attention_rel": relative, "attention": attention}
+        measurements = {MAP_MEASURE: relative, "attention": attention}
         if instance_logits is not None:
             extra["instance_scores"] = 1 / (1 + np.exp(-instance_logits))  # classifier c: P(tile is evidence of c)
             measurements |= {f"instance_prob_{c}": extra["instance_scores"][:, i] for i, c in enumerate(classes)}
@@ -151,7 +152,8 @@ def infer_slide(job: SlideJob, features_path: Path, loaded: LoadedMIL, settings:
              "features_path": str(features_path.resolve()), "n_tiles": n,
              "feature_encoder": bag.attrs.get("encoder")}
     result = write_slide_outputs(args.out, job.name, bag.coords, scores, store_attrs, settings, attrs, thumbnail,
-                                 slide_scores=probs, extra=extra, map_label=MAP_LABEL, measurements=measurements or None)
+                                 slide_scores=probs, extra=extra, map_label=MAP_LABEL, measurements=measurements or None,
+                                 map_measure=MAP_MEASURE)
     seconds = time.perf_counter() - start
     print(f"medconv infer: {job.name}: {n} tiles, P({classes[settings.positive]}) {result['score']:.3f} in {seconds:.1f} s",
           file=sys.stderr)

@@ -78,6 +78,7 @@ def write_slide_outputs(out_dir: Path, name: str, coords: np.ndarray, scores: np
                         settings: SlideSettings, run: dict[str, Any], thumbnail: np.ndarray | None, *,
                         slide_scores: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None,
                         map_label: str | None = None, measurements: dict[str, np.ndarray] | None = None,
+                        map_measure: str = "prob",
                         ) -> dict[str, Any]:
     """Heatmap, regions, PNG, GeoJSON, then the h5; returns the slide's scores for the summary.
 
@@ -85,8 +86,8 @@ def write_slide_outputs(out_dir: Path, name: str, coords: np.ndarray, scores: np
     (the h5's `aggregate` is then "model"), `extra` are more per-tile h5 datasets (raw attention, ...),
     `map_label` says what the map in `scores[:, positive]` is (colour bar, title, h5 attribute `map`), and
     `measurements` replace the class probabilities of the GeoJSON tiles, which are then classified as the
-    positive class where the map reaches the threshold; the first of them is the map's own measurement, whose
-    name the regions' max/mean take.
+    positive class where the map reaches the threshold; `map_measure` names the map in the regions' max/mean
+    measurements (`max_prob` for probabilities).
     """
     remove_stale_temps(out_dir, name)
     paths = output_paths(out_dir, name)
@@ -111,8 +112,8 @@ def write_slide_outputs(out_dir: Path, name: str, coords: np.ndarray, scores: np
     predicted = None if measurements is None else \
         np.where(np.asarray(scores).reshape(len(coords), -1)[:, settings.positive] >= settings.threshold, settings.positive, -1)
     features = tile_features(coords, scores, size0, settings.classes, (width, height), measurements, predicted)
-    named = {} if map_label is None else {"map_label": map_label, "measure": next(iter(measurements or {"map": 0}))}
-    features += region_features(regions, positive, settings.positive, len(settings.classes), settings.threshold, **named)
+    features += region_features(regions, positive, settings.positive, len(settings.classes), settings.threshold,
+                                map_label or "p", map_measure)
     write_geojson(paths["geojson"], features)
     file_attrs = {
         "format": FORMAT,
