@@ -15,3 +15,4 @@ VIEW = "view"
 CROPS = "crops"  # multi-crop SSL views: a list of (B, C, h, w) tensors, global crops first
 FEATURES = "features"  # MIL: a slide's bag of tile features (N, D); batched (B, N, D) with MASK
 COORDS = "coords"  # level-0 (x, y) of each bag instance's tile, (N, 2) int64
+ERROR = "error"  # slide inference batches: why the loader could not read these tiles (the slide is reported failed)

@@ -1,7 +1,8 @@
 """`medconv bench gpu --out DIR`: every GPU goal of docs/benchmarks.md and the CUDA tests, in one call.
 
-GPU time is lent in short slots, so this is built to finish inside `--budget-s` (default 420 s, for an
-8-minute slot): sections run in order (tests, memory, overhead, max_batch), each with a share of the
+GPU time is lent in short slots, so this is built to finish inside `--budget-s` (default 480 s, for a
+15-minute slot with the machine's start and a rerun): sections run in order (tests, memory, overhead, infer,
+max_batch), each with a share of the
 budget plus what earlier ones left; a process that overruns is killed and a step with too little time
 left is recorded as not run. The report (DIR/gpu_report.md: tables for docs/benchmarks.md, with GPU,
 versions and date; DIR/gpu_report.json: every row) is rewritten after each section, so a run cut off
@@ -119,6 +120,27 @@ def run_overhead(plan: Plan, report: dict, deadline: float) -> str:
     return "done"
 
 
+def run_infer(plan: Plan, report: dict, deadline: float) -> str:
+    """The demo slide (made once: it stays in the temp folder for a rerun), then `bench infer` with the default
+    loader workers: does the loader keep up with the model on this GPU?"""
+    folder = Path(plan.infer_slide[plan.infer_slide.index("--out") + 1])
+    if not (folder / "manifest.csv").exists():
+        rc, out, err = run_command([sys.executable, "-m", "medconv.demo.wsi", *plan.infer_slide], _left(deadline))
+        if rc != 0:
+            return "partial: timeout making the demo slide" if rc is None else f"error: demo slide: {(err or out)[-200:]}"
+    if _left(deadline) < 3 * MIN_START_S:
+        return "not run: budget"
+    plan.infer_json.unlink(missing_ok=True)  # never report an earlier run's figures
+    rc, out, err = run_command([sys.executable, "-m", "medconv.bench.infer", *plan.infer], _left(deadline))
+    report.setdefault("logs", {})["infer"] = (out + err)[-3000:]
+    if rc is None:
+        return "partial: timeout"
+    if rc != 0 or not plan.infer_json.exists():
+        return "error: " + ((err or out).strip().splitlines() or ["no output"])[-1][:200]
+    report["infer"] = json.loads(plan.infer_json.read_text())
+    return "done"
+
+
 def _not_run(cfg: Config) -> dict:
     from dataclasses import asdict
 
@@ -186,7 +208,7 @@ def save(report: dict, out: Path) -> None:
 def run_plan(plan: Plan, out: Path, budget_s: float, command: str) -> dict:
     budget = Budget(budget_s, plan.shares)
     report = {"meta": machine(plan) | {"budget_s": budget_s, "command": command}, "sections": {}, "tests": [],
-              "memory": [], "overhead": None, "max_batch": [], "logs": {}}
+              "memory": [], "overhead": None, "infer": None, "max_batch": [], "logs": {}}
     for i, name in enumerate(plan.sections):
         deadline, t0 = budget.deadline(name, list(plan.sections[i + 1:])), time.monotonic()
         print(f"[{name}] up to {_left(deadline):.0f} s", flush=True)
@@ -196,6 +218,8 @@ def run_plan(plan: Plan, out: Path, budget_s: float, command: str) -> dict:
             status = run_memory(plan, report, deadline, out)
         elif name == "overhead":
             status = run_overhead(plan, report, deadline)
+        elif name == "infer":
+            status = run_infer(plan, report, deadline)
         else:
             status = run_max_batch(plan, report, deadline, out)
         report["sections"][name] = {"status": status, "budget_s": round(deadline - t0),
@@ -209,7 +233,7 @@ def run_plan(plan: Plan, out: Path, budget_s: float, command: str) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medconv bench gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder for gpu_report.md / .json and the row files")
-    p.add_argument("--budget-s", type=float, default=420, help="seconds for all sections together (default 420)")
+    p.add_argument("--budget-s", type=float, default=480, help="seconds for all sections together (default 480)")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--tests", type=Path, default=None, help="the CUDA tests (default: tests/gpu of this checkout)")
     p.add_argument("--dry-run", action="store_true", help="list the steps and check them on the meta device; no GPU")

@@ -13,10 +13,13 @@ from pathlib import Path
 
 from medconv.bench.measure import Config
 
-SECTIONS = ("tests", "memory", "overhead", "max_batch")
+SECTIONS = ("tests", "memory", "overhead", "infer", "max_batch")
 # Shares of the budget, from a run on an H200 (tests 73 s; four memory workers 33 s each; train-overhead
-# needs ~40 s; each model's max-batch climb ~40 s); unused time moves on to later sections.
-SHARES = {"tests": 0.25, "memory": 0.3, "overhead": 0.12, "max_batch": 0.33}
+# needs ~40 s; each model's max-batch climb ~40 s; infer: a demo slide made once, then `bench infer` ~60 s,
+# estimated from the CPU runs); unused time moves on to later sections.
+SHARES = {"tests": 0.22, "memory": 0.27, "overhead": 0.1, "infer": 0.14, "max_batch": 0.27}
+# The issue's GPU goal for slide inference: the loader (default workers) keeps up with convnext_tiny at 256².
+INFER_MODEL, INFER_TILE = "convnext_tiny", 256
 
 # Hierarchical ViTs, flash-eligible first: if the budget runs short, the last ones go unmeasured.
 MEMORY_MODELS = ("hiera_tiny_224", "swin_tiny_patch4_window7_224", "pvt_v2_b2", "swinv2_tiny_window8_256")
@@ -36,6 +39,9 @@ class Plan:
     overhead_json: Path
     max_batch: list[Config]  # batch_size is what the search sets
     max_batch_limit: int
+    infer_slide: list[str] = field(default_factory=list)  # arguments of `medconv demo-data wsi` (made once, kept)
+    infer: list[str] = field(default_factory=list)  # arguments of `medconv bench infer`
+    infer_json: Path | None = None
     sections: tuple[str, ...] = SECTIONS
     shares: dict[str, float] = field(default_factory=lambda: dict(SHARES))
 
@@ -74,9 +80,30 @@ def make_plan(out: Path, smoke: bool = False, tests: Path | None = None, section
     else:
         max_batch = [replace(trial, model=m) for m in MAX_BATCH_MODELS]
     tests = tests.resolve() if tests is not None else default_tests_dir()  # pytest runs from the repo root
+    infer_slide, infer = infer_steps(out, smoke)
     return Plan(device=device, tests=tests, memory=memory,
                 overhead=overhead, overhead_json=overhead_json, max_batch=max_batch,
-                max_batch_limit=4 if smoke else 1024, sections=tuple(sections))
+                max_batch_limit=4 if smoke else 1024, infer_slide=infer_slide, infer=infer,
+                infer_json=out / "infer.json", sections=tuple(sections))
+
+
+def infer_steps(out: Path, smoke: bool) -> tuple[list[str], list[str]]:
+    """The demo slide (outside `out`, which is copied back: a 20k slide is ~100 MB) and the `bench infer` call:
+    default workers, as `medconv infer` picks them; four links to the slide so each slide's tiling overlaps the
+    scoring of the one before, as in a folder run."""
+    import tempfile
+
+    width, height = (1536, 1024) if smoke else (20000, 16000)
+    folder = Path(tempfile.gettempdir()) / f"medconv-bench-gpu-slide-{width}x{height}"
+    slide = ["--out", str(folder), "--n-slides", "1", "--seed", "3", "--width", str(width), "--height", str(height)]
+    path = folder / "slides" / "demo_000.tif"
+    if smoke:
+        infer = ["--model", "convnext_atto", "--tile-size", "64", "--target-mpp", "1.0", "--batch-size", "16",
+                 "--rounds", "1", "--slides", "2", "--min-seconds", "0.2", "--accelerator", "cpu"]
+    else:
+        infer = ["--model", INFER_MODEL, "--tile-size", str(INFER_TILE), "--target-mpp", "0.5", "--batch-size", "256",
+                 "--rounds", "2", "--slides", "4", "--min-seconds", "4"]
+    return slide, ["--slide", str(path), *infer, "--json", str(out / "infer.json")]
 
 
 def describe(plan: Plan, budget_s: float) -> list[str]:
@@ -96,6 +123,9 @@ def describe(plan: Plan, budget_s: float) -> list[str]:
                              f"checkpointing={c.grad_checkpointing}: {kinds}")
         elif name == "overhead":
             lines.append("  python -m medconv.bench.train_overhead " + " ".join(plan.overhead))
+        elif name == "infer":
+            lines.append("  python -m medconv.demo.wsi " + " ".join(plan.infer_slide) + "   (once; kept for later runs)")
+            lines.append("  python -m medconv.bench.infer " + " ".join(plan.infer))
         elif name == "max_batch":
             for c in plan.max_batch:
                 lines.append(f"  {c.model} {c.height}x{c.width} {c.precision} checkpointing={c.grad_checkpointing} "
@@ -139,4 +169,14 @@ def check_plan(plan: Plan) -> list[str]:
             train_overhead.build_parser().parse_args(plan.overhead)
         except SystemExit:
             problems.append("overhead: train-overhead rejects " + " ".join(plan.overhead))
+    if "infer" in plan.sections:
+        from medconv.bench import infer
+
+        try:
+            args = infer.build_parser().parse_args(plan.infer)
+            _meta_forward(Config(model=args.model, height=args.tile_size, width=args.tile_size, batch_size=1))
+        except SystemExit:
+            problems.append("infer: bench infer rejects " + " ".join(plan.infer))
+        except Exception as err:  # noqa: BLE001
+            problems.append(f"infer: {type(err).__name__}: {err}")
     return problems

@@ -109,6 +109,23 @@ def overhead_table(result: dict | None, goal: float = OVERHEAD_GOAL) -> str:
     return _table(header, [row], right={2, 4, 5, 6, 8})
 
 
+def infer_table(result: dict | None) -> str:
+    """Slide inference: does the loader, with the workers `medconv infer` picks by default, keep up with the model
+    (goal: loader tiles/s ≥ model tiles/s)? End to end is given for the bottleneck it shows, not as this goal."""
+    if not result:
+        return "_not measured_"
+    loader, model, e2e = (result[k]["tiles_per_s"] for k in ("loader", "model", "end_to_end"))
+    ratio = loader / model
+    header = ["model", "tile", "batch", "precision", "workers", "loader tiles/s", "model tiles/s",
+              "loader ÷ model (goal ≥ 1)", "goal", "per slide tiles/s (÷ model)", "slides"]
+    row = [result["backbone"], f"{result['tile_size']}²", result["batch_size"], result["precision"],
+           f"{result['workers']} ({result.get('workers_requested', '?')})", _num(loader), _num(model), f"**{ratio:.2f}**",
+           "met" if ratio >= 1 else "**missed**",
+           f"{_num(result['end_to_end']['slide_tiles_per_s'])} ({result['slide_over_model']:.2f})",
+           int(result["end_to_end"].get("slides", 1))]
+    return _table(header, [row], right={2, 5, 6, 7, 9, 10})
+
+
 def max_batch_table(rows: list[dict]) -> str:
     if not rows:
         return "_not measured_"
@@ -164,6 +181,10 @@ def render(report: dict) -> str:
         "### Training overhead: medconv vs the bare timm loop",
         "",
         overhead_table(report.get("overhead")),
+        "",
+        "### Slide inference: loader vs model (default workers)",
+        "",
+        infer_table(report.get("infer")),
         "",
         "### Largest training batch",
         "",

@@ -1,11 +1,13 @@
 """`medconv bench infer --slide PATH --ckpt CKPT`: where slide inference spends its time.
 
-Three figures from one run, so the bottleneck is visible: loader tiles/s (reads through the fast reader,
-resize, uint8 batches from DataLoader workers, no model; also with the tissue grid's time), model tiles/s (the checkpoint's model on batches
-already in memory, with the precision and memory format `medconv infer` uses), and end-to-end tiles/s (`medconv infer` itself:
-tiling, reading, model, heatmap/GeoJSON/h5 writing). Also slides/hour for a typical 20x slide (100k x 80k px at
-0.5 um/px) extrapolated from end-to-end tiles/s and this slide's tissue fraction.
-"""
+Three figures, so the bottleneck is visible: loader tiles/s (the `SlideStream` `medconv infer` reads with:
+the fast reader, resize, uint8 batches from DataLoader workers, no model; also with the tissue grid's time),
+model tiles/s (the checkpoint's model on batches already in memory, with the precision and memory format
+`medconv infer` uses), and end-to-end tiles/s (`medconv infer` itself: tiling, reading, model, heatmap/GeoJSON/h5
+writing). They are measured in turn for `--rounds` rounds and each ratio is taken within its round (medians
+reported), because the model figure alone moves by ±10% between back-to-back runs on a small VM. Also
+slides/hour for a typical 20x slide (100k x 80k px at 0.5 um/px) extrapolated from end-to-end tiles/s and this
+slide's tissue fraction."""
 
 from __future__ import annotations
 
@@ -20,26 +22,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from medconv.io.atomic import write_json
+from medconv.tiling.coords_store import read_coords
 
 TYPICAL_SLIDE = (100_000, 80_000, 0.5)  # width, height (px), mpp: a 20x scan
 
 
 def loader_rate(slide: Path, coords_h5: Path, loaded: Any, batch_size: int, workers: int, max_tiles: int | None,
-                slide_mpp: float | None) -> dict[str, float]:
-    """Tiles/s of the DataLoader alone (every tile read, resized, batched as `medconv infer` does; no model)."""
-    from medconv.inference.predictor import InferenceTiles
-    from medconv.wsi.tile_dataset import load_slide_tiles
+                slide_mpp: float | None, backend: str = "auto", copies: int = 1) -> dict[str, float]:
+    """Tiles/s of the loader `medconv infer` uses (`SlideStream` in DataLoader workers: reads through the fast
+    reader, resize, uint8 batches), on a slide already tiled (read `copies` times, one stream), no model; the first
+    `max_tiles` tiles if given."""
+    from medconv.inference.slide_stream import SlideBoard, SlideStream, StreamLoader
 
-    tiles = load_slide_tiles(slide, coords_h5, 0, mpp=slide_mpp)
-    if max_tiles and len(tiles.coords) > max_tiles:
-        tiles = tiles.subset(np.linspace(0, len(tiles.coords) - 1, max_tiles).round().astype(int))
-    dataset = InferenceTiles([tiles], None, loaded.image_size)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
-    start = time.perf_counter()
-    n = sum(len(batch["image"]) for batch in loader)
+    _, attrs = read_coords(coords_h5)
+    board = SlideBoard(copies)
+    for k in range(copies):
+        board.ready(k, int(attrs["n_tiles"]))
+    stream = SlideStream([(f"{slide.stem}_{k}", slide, coords_h5, slide_mpp) for k in range(copies)], board, loaded.image_size, batch_size, backend=backend)
+    loader = StreamLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
+                          on_start=lambda: None)
+    n, start = 0, time.perf_counter()
+    for batch in loader:
+        if "error" in batch:
+            raise RuntimeError(f"{slide}: the loader could not read its tiles: {batch['error']}")
+        n += len(batch["image"])
+        if max_tiles and n >= max_tiles:
+            break
     seconds = time.perf_counter() - start
     return {"tiles": n, "seconds": seconds, "tiles_per_s": n / seconds}
 
@@ -112,55 +122,94 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     from medconv.inference.checkpoint import load_model
-    from medconv.inference.cli import main as infer_main
+    from medconv.inference.loader_workers import loader_workers
     from medconv.lightning_cli import inference_precision
-    from medconv.tiling.coords_store import read_coords
     from medconv.tiling.slide_tiler import TileOptions, tile_slide
 
     loaded = load_model(args.ckpt)
     tile_size, target_mpp = args.tile_size or loaded.tile_size, args.target_mpp or loaded.target_mpp
     device = torch.device("cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu")
-    precision = args.precision or inference_precision("cpu" if device.type == "cpu" else "gpu")
+    accelerator = "cpu" if device.type == "cpu" else "gpu"
+    precision = args.precision or inference_precision(accelerator)
+    workers = loader_workers(args.num_workers, accelerator, 1)  # what `medconv infer` would use here
     out: dict[str, Any] = {"slide": str(args.slide), "backbone": loaded.module.backbone.name, "tile_size": tile_size,
                            "target_mpp": target_mpp, "image_size": list(loaded.image_size), "batch_size": args.batch_size,
-                           "workers": args.num_workers, "device": str(device), "precision": precision,
-                           "torch_threads": torch.get_num_threads()}
+                           "workers": workers, "workers_requested": str(args.num_workers), "device": str(device),
+                           "precision": precision, "torch_threads": torch.get_num_threads(), "rounds": []}
     with tempfile.TemporaryDirectory(prefix="medconv-bench-infer-") as tmp:
         tmp = Path(tmp)
+        coords = tmp / "coords" / f"{args.slide.stem}.h5"
         start = time.perf_counter()
-        tile_slide(args.slide, tmp / "coords", args.slide.stem, TileOptions(target_mpp=target_mpp, tile_size=tile_size,
-                                                                            slide_mpp=args.slide_mpp))
+        tile_slide(args.slide, coords.parent, args.slide.stem, TileOptions(target_mpp=target_mpp, tile_size=tile_size,
+                                                                          slide_mpp=args.slide_mpp))
         out["grid_seconds"] = time.perf_counter() - start
-        _, attrs = read_coords(tmp / "coords" / f"{args.slide.stem}.h5")
+        _, attrs = read_coords(coords)
         out["n_tiles"] = int(attrs["n_tiles"])
         area_mm2 = attrs["slide_width"] * attrs["slide_height"] * attrs["slide_mpp"] ** 2 / 1e6
         out["tissue_fraction"] = float(attrs["tissue_mm2"]) / area_mm2
-        out["loader"] = loader_rate(args.slide, tmp / "coords" / f"{args.slide.stem}.h5", loaded, args.batch_size,
-                                    args.num_workers, args.max_tiles, args.slide_mpp)
-        out["loader"]["tiles_per_s_with_grid"] = out["n_tiles"] / (out["grid_seconds"] + out["n_tiles"] / out["loader"]["tiles_per_s"])
-        out["model"] = model_rate(loaded, args.batch_size, device, precision, args.min_seconds)
-        argv = [str(args.ckpt), str(args.slide), "--out", str(tmp / "infer"), "--batch-size", str(args.batch_size),
-                "--num-workers", str(args.num_workers), "--accelerator", device.type if device.type == "cpu" else "gpu"]
-        argv += ["--target-mpp", str(target_mpp), "--tile-size", str(tile_size), "--precision", precision]
-        argv += ["--slide-mpp", str(args.slide_mpp)] if args.slide_mpp else []
-        start = time.perf_counter()
-        code = infer_main(argv)
-        seconds = time.perf_counter() - start
-        out["end_to_end"] = {"tiles": out["n_tiles"], "seconds": seconds, "tiles_per_s": out["n_tiles"] / seconds, "exit": code}
-        # the slide's own time in summary.csv: tiling, reading, model, writing; not process start or model loading
-        row = pd.read_csv(tmp / "infer" / "summary.csv").iloc[0]
-        out["end_to_end"]["slide_seconds"] = float(row["seconds"])
-        out["end_to_end"]["slide_tiles_per_s"] = float(row["tiles_per_s"])
+        # rounds of loader, model, end to end back to back: the ratios are taken within a round, so a machine
+        # whose speed drifts (shared cores, boost clocks) moves both sides of a ratio together
+        for r in range(args.rounds):
+            loader = loader_rate(args.slide, coords, loaded, args.batch_size, workers, args.max_tiles, args.slide_mpp,
+                                 copies=args.slides)
+            loader["tiles_per_s_with_grid"] = out["n_tiles"] / (out["grid_seconds"] + out["n_tiles"] / loader["tiles_per_s"])
+            before = model_rate(loaded, args.batch_size, device, precision, args.min_seconds / 2)
+            e2e = end_to_end(args, tmp / f"infer_{r}", out["n_tiles"], workers, tile_size, target_mpp, device, precision)
+            after = model_rate(loaded, args.batch_size, device, precision, args.min_seconds / 2)
+            model = _bracketed(before, after)
+            out["rounds"].append({"loader": loader, "model": model, "end_to_end": e2e,
+                                  "e2e_over_model": e2e["tiles_per_s"] / model["tiles_per_s"],
+                                  "slide_over_model": e2e["slide_tiles_per_s"] / model["tiles_per_s"]})
+    rounds = out["rounds"]
+    for part in ("loader", "model", "end_to_end"):  # the median round's figures (by each figure's own median)
+        out[part] = {key: float(np.median([r[part][key] for r in rounds])) for key in rounds[0][part]}
+    out["end_to_end"]["exit"] = max(int(r["end_to_end"]["exit"]) for r in rounds)
+    for ratio in ("e2e_over_model", "slide_over_model"):
+        values = [r[ratio] for r in rounds]
+        out[ratio], out[f"{ratio}_range"] = float(np.median(values)), [min(values), max(values)]
     if args.peer == "wsinfer":
-        out["wsinfer"] = run_peer(args, loaded, tile_size, target_mpp)
+        out["wsinfer"] = run_peer(args, loaded, tile_size, target_mpp, workers)
     e2e = out["end_to_end"]["tiles_per_s"]
-    out["e2e_over_model"] = e2e / out["model"]["tiles_per_s"]
-    out["slide_over_model"] = out["end_to_end"]["slide_tiles_per_s"] / out["model"]["tiles_per_s"]
     out["typical_slide_tiles"], out["slides_per_hour"] = slides_per_hour(e2e, out["tissue_fraction"], tile_size, target_mpp)
     return out
 
 
-def run_peer(args: argparse.Namespace, loaded: Any, tile_size: int, target_mpp: float) -> dict[str, Any]:
+def _bracketed(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The model bound of a round: measured just before and just after its end-to-end run, pooled, so a drift in
+    the machine's speed during the run moves the bound with it."""
+    tiles, seconds = before["tiles"] + after["tiles"], before["seconds"] + after["seconds"]
+    return {"tiles": tiles, "seconds": seconds, "tiles_per_s": tiles / seconds, "tiles_per_s_before": before["tiles_per_s"],
+            "tiles_per_s_after": after["tiles_per_s"],
+            "max_abs_prob_diff_vs_fp32": max(before["max_abs_prob_diff_vs_fp32"], after["max_abs_prob_diff_vs_fp32"])}
+
+
+def end_to_end(args: argparse.Namespace, out_dir: Path, n_tiles: int, workers: int, tile_size: int, target_mpp: float,
+               device: torch.device, precision: str) -> dict[str, float]:
+    """`medconv infer` itself (tiling the slide again, as a user's run does) over a folder of `--slides` links to
+    the slide: the whole command's tiles/s, and the slides' own (the sum of their summary.csv seconds: tiling,
+    reading, model, writing, each slide's tiling hidden behind the previous one's scoring where it can be; not
+    process start-up or model loading)."""
+    from medconv.inference.cli import main as infer_main
+
+    folder = out_dir.with_name(out_dir.name + "_slides")
+    folder.mkdir()
+    for k in range(args.slides):
+        (folder / f"{args.slide.stem}_{k:03d}{args.slide.suffix}").symlink_to(args.slide.resolve())
+    argv = [str(args.ckpt), str(folder), "--out", str(out_dir), "--batch-size", str(args.batch_size),
+            "--num-workers", str(workers), "--accelerator", device.type if device.type == "cpu" else "gpu"]
+    argv += ["--target-mpp", str(target_mpp), "--tile-size", str(tile_size), "--precision", precision]
+    argv += ["--slide-mpp", str(args.slide_mpp)] if args.slide_mpp else []
+    start = time.perf_counter()
+    code = infer_main(argv)
+    seconds = time.perf_counter() - start
+    rows = pd.read_csv(out_dir / "summary.csv")
+    tiles = n_tiles * args.slides
+    return {"tiles": tiles, "slides": args.slides, "seconds": seconds, "tiles_per_s": tiles / seconds, "exit": code,
+            "slide_seconds": float(rows["seconds"].sum()), "slide_tiles_per_s": tiles / float(rows["seconds"].sum()),
+            "failed": int((rows["status"] != "ok").sum())}
+
+
+def run_peer(args: argparse.Namespace, loaded: Any, tile_size: int, target_mpp: float, workers: int) -> dict[str, Any]:
     """wsinfer on the same slide, tile size, mpp, workers and batch size: with a near-empty model (its loader)
     and with this checkpoint's model exported to TorchScript (its end to end)."""
     from medconv.bench.infer_peer import DEFAULT_VENV, NearEmpty, ensure_venv, export_torchscript, run_wsinfer, wsinfer_config
@@ -172,22 +221,32 @@ def run_peer(args: argparse.Namespace, loaded: Any, tile_size: int, target_mpp: 
         tmp = Path(tmp)
         for name, module in (("loader", NearEmpty(len(loaded.classes))), ("model", loaded.module)):
             path = export_torchscript(module, tmp / f"{name}.pt", loaded.image_size)
-            out[name] = run_wsinfer(python, args.slide, path, config, tmp / name, args.batch_size, args.num_workers)
+            out[name] = run_wsinfer(python, args.slide, path, config, tmp / name, args.batch_size, workers)
     return out
+
+
+def _folder(r: dict[str, Any]) -> str:
+    n = int(r["end_to_end"].get("slides", 1))
+    return f" over a folder of {n} links to the slide" if n > 1 else ""
+
+
+def _ratio(r: dict[str, Any], key: str) -> str:
+    low, high = r[f"{key}_range"]
+    return f"{r[key]:.2f}" + (f", {low:.2f}-{high:.2f} over {len(r['rounds'])} rounds" if len(r["rounds"]) > 1 else "")
 
 
 def report(r: dict[str, Any]) -> str:
     lines = [
         f"slide {r['slide']}: {r['n_tiles']} tiles of {r['tile_size']} px at {r['target_mpp']} um/px, "
         f"tissue {100 * r['tissue_fraction']:.1f}%; model {r['backbone']} at {r['image_size']}, batch {r['batch_size']}, "
-        f"{r['workers']} workers, {r['device']} ({r['precision']}, {r['torch_threads']} threads)",
+        f"{r['workers']} workers ({r['workers_requested']}), {r['device']} ({r['precision']}, {r['torch_threads']} threads)",
         f"  loader      {r['loader']['tiles_per_s']:8.1f} tiles/s  (reads + resize, uint8 batches; with the tissue grid "
         f"{r['loader']['tiles_per_s_with_grid']:.1f})",
         f"  model       {r['model']['tiles_per_s']:8.1f} tiles/s  (in-memory batches; tile probabilities within "
         f"{r['model'].get('max_abs_prob_diff_vs_fp32', 0.0):.1e} of fp32)",
-        f"  end to end  {r['end_to_end']['tiles_per_s']:8.1f} tiles/s  ({r['e2e_over_model']:.2f} of the model bound; "
-        f"the whole `medconv infer` command)",
-        f"    per slide {r['end_to_end']['slide_tiles_per_s']:8.1f} tiles/s  ({r['slide_over_model']:.2f} of the model bound; "
+        f"  end to end  {r['end_to_end']['tiles_per_s']:8.1f} tiles/s  ({_ratio(r, 'e2e_over_model')} of the model bound; "
+        f"the whole `medconv infer` command{_folder(r)})",
+        f"    per slide {r['end_to_end']['slide_tiles_per_s']:8.1f} tiles/s  ({_ratio(r, 'slide_over_model')} of the model bound; "
         f"the slide's tiling, reading, model and output writing, without start-up and model loading)",
         f"  bottleneck: {'loader' if r['loader']['tiles_per_s'] < r['model']['tiles_per_s'] else 'model'}",
         f"  typical 20x slide (100k x 80k px, same tissue fraction): {r['typical_slide_tiles']:.0f} tiles, "
@@ -208,7 +267,7 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medconv bench infer", description=__doc__.splitlines()[0])
     p.add_argument("--slide", type=Path, required=True)
     which = p.add_mutually_exclusive_group(required=True)
@@ -216,20 +275,29 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--model", help="or a timm model name with random weights (speed only; --tile-size/--target-mpp "
                        "default 224 / 0.5)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--num-workers", default="auto", help="loader workers, as `medconv infer --num-workers` (default: its auto)")
+    p.add_argument("--slides", type=int, default=1, help="end to end over a folder of this many links to the slide "
+                   "(a folder run: each slide's tiling overlaps the previous slide's scoring); the loader reads it as often")
+    p.add_argument("--rounds", type=int, default=3, help="loader, model and end to end measured this many times in turn; "
+                   "medians and the ratios' range are reported")
     p.add_argument("--tile-size", type=int, default=None)
     p.add_argument("--target-mpp", type=float, default=None)
     p.add_argument("--slide-mpp", type=float, default=None)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--precision", default=None, help="as `medconv infer --precision` (default: what it uses on this "
                    "machine; 32-true to compare at fp32, wsinfer runs fp32)")
-    p.add_argument("--max-tiles", type=int, default=None, help="loader figure from at most this many tiles (evenly spread)")
-    p.add_argument("--min-seconds", type=float, default=3.0, help="timed model work")
+    p.add_argument("--max-tiles", type=int, default=None, help="loader figure from the first this many tiles")
+    p.add_argument("--min-seconds", type=float, default=3.0, help="timed model work per round (half just before the "
+                   "end-to-end run, half just after)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--peer", choices=["wsinfer"], default=None,
                    help="also run wsinfer 0.6.1 side by side (its own venv, made on first use: needs the package index once)")
     p.add_argument("--peer-venv", type=Path, default=None, help="where wsinfer's venv lives (default ~/.cache/medconv/...)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     result = run(args)
     print(report(result))
     if args.json:

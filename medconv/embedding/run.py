@@ -14,15 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from torch import nn
 
-from medconv import keys
 from medconv.embedding.encoders import Encoder
 from medconv.embedding.features import feature_paths, file_attrs, read_features, write_features, write_pt
 from medconv.errors import ConfigError
+from medconv.inference.predictor import TileModule
 from medconv.inference.slide_data import PreparedSlide, SlideJob, SlideRunOptions, run_params
 from medconv.inference.slide_run import predict_slides, write_rows
 
@@ -66,21 +64,10 @@ def embed_options(encoder: Encoder, out_dir: Path, *, tile_size: int | None = No
                         encoder_info=encoder.info, feature_dim=encoder.dim, **kwargs)
 
 
-class TileEmbedder(L.LightningModule):
+class TileEmbedder(TileModule):
     """uint8 tiles in, pooled features out (float32), normalised on the device with the encoder's mean/std."""
 
-    def __init__(self, encoder: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
-        super().__init__()
-        self.encoder = encoder
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0, persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0, persistent=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder((images.float() - self.mean) / self.std).float()
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"features": self(batch[keys.IMAGE]).cpu(), keys.SLIDE_ID: batch[keys.SLIDE_ID], keys.X: batch[keys.X],
-                keys.Y: batch[keys.Y]}
+    key = "features"
 
 
 class FeatureOutputs:

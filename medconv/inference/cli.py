@@ -12,7 +12,6 @@ Exit code: 0 all ok or skipped, 1 some input failed, 2 usage error.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -49,7 +48,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """What every slide pipeline command (infer, embed) takes: slide mpp, loader and Lightning devices/precision."""
     p.add_argument("--slide-mpp", type=float, default=None, help="um/px for slides whose files lack it (overrides all)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers per process")
+    p.add_argument("--num-workers", default="auto", help="DataLoader workers per process (auto: on a GPU all cores of "
+                   "the process's share but two, at most 16; on a CPU, where the model takes the cores, one per 8 cores)")
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu, ...")
     p.add_argument("--devices", default="1", help="Lightning devices: a count, a list like 0,1, or auto")
     p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp: each slide goes to one process")
@@ -153,6 +153,7 @@ def _report(args: argparse.Namespace, rows: list[dict], classes: list[str], is_m
 def _trainer_kwargs(args: argparse.Namespace) -> dict:
     import torch
 
+    from medconv.inference.loader_workers import loader_workers
     from medconv.lightning_cli import inference_precision
 
     devices: int | str | list[int] = args.devices
@@ -164,6 +165,10 @@ def _trainer_kwargs(args: argparse.Namespace) -> dict:
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     precision = args.precision or inference_precision(accelerator)
+    try:  # resolved here, where the accelerator and devices are known (every slide command passes through)
+        args.num_workers = loader_workers(args.num_workers, accelerator, devices)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     return {"accelerator": accelerator, "devices": devices, "strategy": args.strategy, "num_nodes": args.num_nodes,
             "precision": precision}
 

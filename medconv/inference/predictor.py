@@ -23,53 +23,69 @@ class InferenceTiles(TileDataset):
     """`TileDataset` for inference: samples are uint8 (3, H, W) tiles at the model's image size, with
     slide_id, x, y (one slide reader per worker process, as in training)."""
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        slide_index, tile_index = self.locate(index)
+    def tile(self, slide_index: int, tile_index: int) -> np.ndarray:
+        """uint8 RGB (H, W, 3) at the model's image size."""
         image = self.read_tile(slide_index, tile_index)
         if self.image_size is not None and image.shape[:2] != self.image_size:
             image = cv2.resize(image, (self.image_size[1], self.image_size[0]), interpolation=cv2.INTER_AREA)
+        return image
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        slide_index, tile_index = self.locate(index)
         x, y = (int(v) for v in self.slides[slide_index].coords[tile_index])
-        return {keys.IMAGE: torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
+        return {keys.IMAGE: torch.from_numpy(np.ascontiguousarray(self.tile(slide_index, tile_index))).permute(2, 0, 1),
                 keys.SLIDE_ID: self.slides[slide_index].slide_id, keys.X: x, keys.Y: y}
 
 
 PADDING_ID = ""  # slide id of the placeholder tile a process without slides scores (its result is dropped)
 
 
-class PaddingTile(torch.utils.data.Dataset):
+def padding_batch(image_size: tuple[int, int], channels: int = 3) -> dict[str, Any]:
     """One blank tile: Lightning wants a batch on every process, also on one whose slides are all done or
     failed (a rerun, or fewer slides than processes)."""
-
-    def __init__(self, image_size: tuple[int, int], channels: int = 3):
-        self.image_size, self.channels = tuple(image_size), channels
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {keys.IMAGE: torch.zeros((self.channels, *self.image_size), dtype=torch.uint8), keys.SLIDE_ID: PADDING_ID,
-                keys.X: 0, keys.Y: 0}
+    return {keys.IMAGE: torch.zeros((1, channels, *image_size), dtype=torch.uint8), keys.SLIDE_ID: [PADDING_ID],
+            keys.X: torch.zeros(1, dtype=torch.int64), keys.Y: torch.zeros(1, dtype=torch.int64)}
 
 
-class TilePredictor(L.LightningModule):
-    """Wraps a trained classifier: uint8 batches in, class probabilities out (normalised with the training's
-    mean/std on the device; Lightning's precision plugin adds AMP around `predict_step`).
+class TileModule(L.LightningModule):
+    """uint8 batches in, one row of values per tile out (`key`), normalised with the training's mean/std on the
+    device (Lightning's precision plugin adds AMP around `predict_step`). A batch that carries a read error
+    (`keys.ERROR`: the loader could not read the slide's tiles) is passed on without running the model, so the
+    writer can report that slide and the others go on.
 
     `channels_last`: NHWC weights and inputs, whatever the training used: the same numbers, and oneDNN's and
     cuDNN's convolutions are faster in it (resnet18d 1.4x in fp32 and 1.6x in bf16 on the CPU of
-    docs/benchmarks.md; ConvNeXt and PVT-v2 unchanged)."""
+    docs/benchmarks.md; ConvNeXt and PVT-v2 unchanged). The loader's batches are NHWC already."""
 
-    def __init__(self, classifier: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = True):
+    key = "values"
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = True):
         super().__init__()
-        self.classifier = classifier.to(memory_format=torch.channels_last) if channels_last else classifier
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0, persistent=False)
 
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return ((images.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = ((images.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-        return self.classifier(x).float().softmax(1)
+        return self.net(self.normalise(images)).float()
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"probs": self(batch[keys.IMAGE]).cpu(), keys.SLIDE_ID: batch[keys.SLIDE_ID], keys.X: batch[keys.X],
-                keys.Y: batch[keys.Y]}
+        out = {keys.SLIDE_ID: batch[keys.SLIDE_ID], keys.X: batch[keys.X], keys.Y: batch[keys.Y]}
+        if keys.ERROR in batch:
+            return {**out, keys.ERROR: batch[keys.ERROR]}
+        return {**out, self.key: self(batch[keys.IMAGE]).cpu()}
+
+
+class TilePredictor(TileModule):
+    """A trained classifier over uint8 tiles: class probabilities (softmax in fp32)."""
+
+    key = "probs"
+
+    def __init__(self, classifier: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = True):
+        super().__init__(classifier, mean, std, channels_last)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return super().forward(images).softmax(1)

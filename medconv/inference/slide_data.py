@@ -8,8 +8,8 @@ What a slide's outputs are (scores and heatmaps for `medconv infer`, features fo
 
 from __future__ import annotations
 
+import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,9 +18,9 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
-from medconv.errors import InputFileError, MedconvError
-from medconv.inference.predictor import InferenceTiles, PaddingTile
+from medconv.errors import InputFileError
 from medconv.inference.slide_outputs import SlideSettings
+from medconv.inference.slide_stream import PENDING, SlideBoard, SlideStream, StreamLoader, describe
 from medconv.tiling.coords_store import read_coords
 from medconv.tiling.slide_tiler import TileOptions, source_fingerprint, tile_slide
 from medconv.wsi.tile_dataset import SlideTiles, load_slide_tiles
@@ -69,6 +69,7 @@ class PreparedSlide:
     store_attrs: dict[str, Any]
     run: dict[str, Any]
     prepare_s: float = 0.0
+    started: float = 0.0  # perf_counter when its preparation began
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,11 +99,8 @@ def run_params(job: SlideJob, options: SlideRunOptions) -> dict[str, Any]:
             "source_size": size, "source_mtime_ns": mtime_ns, "source_path": str(job.path.resolve())}
 
 
-def failed_row(job: SlideJob, err: BaseException, start: float) -> dict[str, Any]:
-    message = str(err) if isinstance(err, MedconvError) else f"{type(err).__name__}: {err}"
-    if not isinstance(err, MedconvError) and err.__traceback__ is not None:
-        frame = traceback.extract_tb(err.__traceback__)[-1]
-        message += f" (at {Path(frame.filename).name}:{frame.lineno})"
+def failed_row(job: SlideJob, err: BaseException | str, start: float) -> dict[str, Any]:
+    message = err if isinstance(err, str) else describe(err)
     return {"slide": job.name, "path": str(job.path), "status": "failed", "n_tiles": 0,
             "seconds": round(time.perf_counter() - start, 3), "error": message}
 
@@ -127,14 +125,20 @@ def prepare_slide(job: SlideJob, options: SlideRunOptions, outputs: SlideOutputs
                     "error": "no tissue tiles at this tile size, mpp and --min-tissue"}, None
     except Exception as err:  # one bad slide never stops the others
         return failed_row(job, err, start), None
-    prepared.prepare_s = time.perf_counter() - start
+    prepared.started, prepared.prepare_s = start, time.perf_counter() - start
     return None, prepared
+
+
+def coords_path(job: SlideJob, options: SlideRunOptions) -> Path:
+    """Where the slide's coords store is: in --coords-dir, else under out/coords (made by on-the-fly tiling)."""
+    folder = options.coords_dir if options.coords_dir is not None else options.out_dir / COORDS_SUBDIR
+    return folder / f"{job.name}.h5"
 
 
 def _coords(job: SlideJob, options: SlideRunOptions) -> Path:
     """A `medconv tile` store: from --coords-dir, else made now (and reused by a rerun) under out/coords."""
+    path = coords_path(job, options)
     if options.coords_dir is not None:
-        path = options.coords_dir / f"{job.name}.h5"
         if not path.exists():
             raise InputFileError(f"{path}: no coords store for slide {job.path}; run `medconv tile` with --out "
                                  f"{options.coords_dir}, or leave out --coords-dir to tile on the fly.")
@@ -146,10 +150,9 @@ def _coords(job: SlideJob, options: SlideRunOptions) -> Path:
         return path
     tile_options = TileOptions(target_mpp=options.target_mpp, tile_size=options.tile_size, min_tissue=options.min_tissue,
                                slide_mpp=job.mpp)
-    coords_dir = options.out_dir / COORDS_SUBDIR
-    coords_dir.mkdir(parents=True, exist_ok=True)
-    tile_slide(job.path, coords_dir, job.name, tile_options)
-    return coords_dir / f"{job.name}.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tile_slide(job.path, path.parent, job.name, tile_options)
+    return path
 
 
 def _complete_attrs(job: SlideJob, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +171,12 @@ def _complete_attrs(job: SlideJob, attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 class SlideInferenceData(L.LightningDataModule):
-    """Prepares this process's share of the slides in `setup` and serves their tiles in slide order."""
+    """This process's share of the slides as one `SlideStream`; a background thread prepares (tiles) them in
+    order while the loader reads and the model scores those already prepared.
+
+    `rows`: summary rows of slides that needed no model (skipped, failed before reading, no tiles);
+    `prepared`: the slides handed to the stream, by name. Both fill while predict runs.
+    """
 
     def __init__(self, jobs: list[SlideJob], options: SlideRunOptions, outputs: SlideOutputs):
         super().__init__()
@@ -176,29 +184,54 @@ class SlideInferenceData(L.LightningDataModule):
         self.options = options
         self.outputs = outputs
         self.rows: list[dict[str, Any]] = []
-        self.prepared: list[PreparedSlide] = []
-        self.dataset: InferenceTiles | PaddingTile | None = None
+        self.prepared: dict[str, PreparedSlide] = {}
+        self.mine: list[SlideJob] = []
+        self.board: SlideBoard | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.dataset is not None:
+        if self.board is not None:
             return
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-        from tqdm import tqdm
-
-        mine = shard(self.jobs, rank, world)
-        for job in tqdm(mine, desc=f"preparing slides (process {rank})", unit="slide", disable=None, leave=False):
-            row, prepared = prepare_slide(job, self.options, self.outputs)
-            if row is not None:
-                self.rows.append(row)
-            if prepared is not None:
-                self.prepared.append(prepared)
-        o = self.options
-        self.dataset = InferenceTiles([p.tiles for p in self.prepared], None, o.image_size, backend=o.backend)
-        if len(self.dataset) == 0:
-            self.dataset = PaddingTile(o.image_size)
+        self.mine = shard(self.jobs, rank, world)
+        self.board = SlideBoard(len(self.mine))
 
     def predict_dataloader(self) -> DataLoader:
         o = self.options
-        return DataLoader(self.dataset, batch_size=o.batch_size, shuffle=False, num_workers=o.num_workers,
-                          pin_memory=o.pin_memory, persistent_workers=False,
-                          prefetch_factor=4 if o.num_workers > 0 else None)
+        slides = [(job.name, job.path, coords_path(job, o), job.mpp) for job in self.mine]
+        stream = SlideStream(slides, self.board, o.image_size, o.batch_size, backend=o.backend)
+        return StreamLoader(stream, batch_size=None, num_workers=o.num_workers, pin_memory=o.pin_memory,
+                            prefetch_factor=4 if o.num_workers > 0 else None, on_start=self.start)
+
+    def start(self) -> None:
+        """Begin preparing the slides (once; called when the loader's workers exist)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._prepare_all, name="slide-preparer", daemon=True)
+            self._thread.start()
+
+    def _prepare_all(self) -> None:
+        board = self.board
+        try:
+            for k, job in enumerate(self.mine):
+                if self._stop.is_set():
+                    break
+                row, prepared = prepare_slide(job, self.options, self.outputs)
+                if prepared is None:
+                    self.rows.append(row)
+                    board.nothing(k)
+                else:
+                    self.prepared[job.name] = prepared  # before the board says so: its batches find it
+                    board.ready(k, len(prepared.tiles.coords))
+        finally:  # whatever stopped the thread, no loader waits for a slide that will never come
+            for k in range(len(self.mine)):
+                if board.status[k] == PENDING:
+                    board.nothing(k)
+
+    def wait(self) -> None:
+        """Until every slide of this process is prepared or given up (the rows are complete)."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def teardown(self, stage: str | None = None) -> None:
+        self._stop.set()  # an interrupted predict: tile no further slides

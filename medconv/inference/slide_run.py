@@ -13,6 +13,7 @@ import csv
 import io
 import sys
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -116,15 +117,19 @@ class SlideWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
-        self._slides = {p.job.name: p for p in dm.prepared}
-        total = sum(len(p.tiles.coords) for p in dm.prepared)
+        self._slides = dm.prepared  # filled by the preparer while predict runs
+        self._failed: set[str] = set()
+        self._n_jobs = len(dm.mine)
         rank = trainer.global_rank
         self._mark = time.perf_counter()  # the predict loop's time is split between slides as each one completes
-        self._bar = tqdm(total=total, desc=f"tiles (process {rank})", unit="tile", position=2 * rank, disable=None)
+        self._bar = tqdm(total=0, desc=f"tiles (process {rank})", unit="tile", position=2 * rank, disable=None)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:  # noqa: ANN001
-        probs = prediction[self.outputs.key].float().numpy()
         slide_ids = list(prediction[keys.SLIDE_ID])
+        if keys.ERROR in prediction:  # the loader could not read this slide's tiles: it fails, the others go on
+            self._fail(slide_ids[0], prediction[keys.ERROR])
+            return
+        probs = prediction[self.outputs.key].float().numpy()
         xs, ys = (torch.as_tensor(prediction[k]).numpy() for k in (keys.X, keys.Y))
         start = 0
         while start < len(slide_ids):  # consecutive runs of one slide (the loader goes slide by slide)
@@ -132,16 +137,29 @@ class SlideWriter(BasePredictionWriter):
             end = start
             while end < len(slide_ids) and slide_ids[end] == name:
                 end += 1
-            if name != PADDING_ID:
+            if name != PADDING_ID and name not in self._failed:
                 self._add(name, probs[start:end], np.stack([xs[start:end], ys[start:end]], axis=1), trainer.global_rank)
             start = end
         if self._bar is not None:
             self._bar.update(len(slide_ids))
 
+    def _fail(self, name: str, error: str) -> None:
+        if name in self._failed:
+            return
+        self._failed.add(name)
+        self._parts.pop(name, None)
+        self._xy.pop(name, None)
+        prepared = self._slides[name]
+        self.rows.append(failed_row(prepared.job, f"reading its tiles: {error}", max(self._mark, prepared.started)))
+        self._mark = time.perf_counter()
+
     def _add(self, name: str, probs: np.ndarray, xy: np.ndarray, rank: int) -> None:
         if name not in self._started:
             self._started[name] = time.perf_counter()
             n = len(self._slides[name].tiles.coords)
+            if self._bar is not None:  # the total grows as slides are tiled
+                self._bar.total = sum(len(p.tiles.coords) for p in list(self._slides.values()))
+                self._bar.set_postfix_str(f"slide {len(self._started)}/{self._n_jobs}", refresh=True)
             if self._slide_bar is not None:
                 self._slide_bar.close()
             self._slide_bar = tqdm(total=n, desc=name, unit="tile", position=2 * rank + 1, leave=False, disable=None)
@@ -151,8 +169,9 @@ class SlideWriter(BasePredictionWriter):
             self._slide_bar.update(len(probs))
         if sum(len(p) for p in self._parts[name]) == len(self._slides[name].tiles.coords):
             scores, xy = np.concatenate(self._parts.pop(name)), np.concatenate(self._xy.pop(name))
-            # the slide's time: its tiling, then the loop since the previous slide completed, then its writing
-            start = self._mark - self._slides[name].prepare_s
+            # the slide's time: from when it was prepared or the previous slide completed, whichever was later
+            # (tiling done while the model ran the previous slide is not its cost), to its outputs written
+            start = max(self._mark, self._slides[name].started)
             self._mark = time.perf_counter()
             self._pending.append(self._pool.submit(self._finish, name, scores, xy, start))
 
@@ -204,12 +223,18 @@ def predict_slides(jobs: list[SlideJob], options: SlideRunOptions, module: L.Lig
     trainer = L.Trainer(callbacks=[writer], logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False, default_root_dir=str(options.out_dir),
                         **trainer_kwargs)
-    trainer.predict(module, datamodule=data, return_predictions=False)
+    try:
+        with warnings.catch_warnings():  # the stream is one ordered iterable: the writer needs no sampler indices
+            warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+            trainer.predict(module, datamodule=data, return_predictions=False)
+    finally:
+        data.teardown()
+    data.wait()
     writer.wait()
     done = {r["slide"] for r in data.rows + writer.rows}
-    # a slide whose tiles never all arrived (cannot happen unless the loader dropped some): reported, not lost
-    lost = [failed_row(p.job, RuntimeError("not every tile was scored"), time.perf_counter())
-            for p in data.prepared if p.job.name not in done]
+    # a slide without a row (its tiles did not all arrive, or preparation stopped): reported, not lost
+    lost = [failed_row(job, RuntimeError("not every tile was scored" if job.name in data.prepared else "never prepared"),
+                       time.perf_counter()) for job in data.mine if job.name not in done]
     for row in data.rows + writer.rows + lost:
         row["process"] = trainer.global_rank  # which process ran the slide (DDP: each slide exactly once)
     rows = gather_rows(data.rows + writer.rows + lost)

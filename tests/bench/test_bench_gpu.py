@@ -27,8 +27,10 @@ def test_without_cuda_it_exits_2_with_a_clear_message_and_writes_nothing(tmp_pat
 def test_dry_run_lists_every_goal_and_checks_it_on_the_meta_device(tmp_path, capsys):
     assert gpu.main(["--out", str(tmp_path), "--dry-run", "--budget-s", "420"]) == 0
     out = capsys.readouterr().out
-    for section in ("[tests]", "[memory]", "[overhead]", "[max_batch]"):
+    for section in ("[tests]", "[memory]", "[overhead]", "[infer]", "[max_batch]"):
         assert section in out
+    assert "python -m medconv.bench.infer --slide" in out and "--model convnext_tiny --tile-size 256" in out
+    assert "--num-workers" not in out  # the goal is about the workers `medconv infer` picks by default
     assert "-m pytest" in out and "tests/gpu -m gpu" in out
     for model in MEMORY_MODELS:  # SDPA vs math at 1024² and 2048², one process per model
         assert f"one process: {model} train bf16-mixed" in out
@@ -168,3 +170,18 @@ def test_tests_section_runs_only_gpu_tests_and_records_each_outcome(tmp_path):
     assert gpu.run_tests(plan, report, time.monotonic() + 120) == "done"
     outcomes = {t["name"].split("::")[1]: (t["outcome"], t["message"]) for t in report["tests"]}
     assert outcomes == {"test_ok": ("passed", ""), "test_bad": ("failed", "AssertionError: kernels differ")}
+
+
+@pytest.mark.slow
+def test_infer_section_makes_a_demo_slide_once_and_reports_loader_against_model(tmp_path):
+    """The smoke plan on the CPU: a tiny demo slide, then `bench infer` in a child process, default workers."""
+    import shutil
+
+    plan = make_plan(tmp_path, smoke=True, sections=("infer",))
+    shutil.rmtree(plan.infer_slide[plan.infer_slide.index("--out") + 1], ignore_errors=True)
+    report: dict = {"logs": {}}
+    assert gpu.run_infer(plan, report, time.monotonic() + 300) == "done", report["logs"].get("infer")
+    result = report["infer"]
+    assert result["workers_requested"] == "auto" and result["workers"] >= 1
+    assert result["loader"]["tiles_per_s"] > 0 and result["model"]["tiles_per_s"] > 0
+    assert result["end_to_end"]["slides"] == 2 and result["end_to_end"]["failed"] == 0

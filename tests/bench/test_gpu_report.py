@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from medconv.bench.gpu_report import (
+    infer_table,
     max_batch_table,
     memory_growth,
     memory_table,
@@ -118,8 +119,20 @@ def test_render_carries_machine_versions_date_and_every_goal():
     assert text.startswith("**NVIDIA H100 80GB HBM3** (81,079 MiB), torch 2.14.1 (CUDA 13.0)")
     assert "2026-11-27 20:00 UTC" in text and "took 402 s of a 420 s budget" in text
     assert "Flash kernel selected at bf16: **passed**; 2 of 4 tests without failure." in text
-    for heading in ("### CUDA tests", "### Peak training memory", "### Training overhead", "### Largest training batch"):
+    for heading in ("### CUDA tests", "### Peak training memory", "### Training overhead", "### Slide inference",
+                    "### Largest training batch"):
         assert heading in text
     assert "CUDA peak allocated, bf16-mixed" in text
-    assert text.count("_not measured_") == 2  # overhead and max batch: absent, and said so
+    assert text.count("_not measured_") == 3  # overhead, infer and max batch: absent, and said so
     assert cells(text, "max_batch") == ["max_batch", "partial: budget", "100", "100"]
+
+
+def test_infer_table_says_whether_the_loader_keeps_up_with_the_model():
+    result = {"backbone": "convnext_tiny", "tile_size": 256, "batch_size": 256, "precision": "bf16-mixed",
+              "workers": 14, "workers_requested": "auto", "loader": {"tiles_per_s": 9000.0},
+              "model": {"tiles_per_s": 6000.0}, "end_to_end": {"tiles_per_s": 4000.0, "slide_tiles_per_s": 4500.0,
+                                                                "slides": 4}, "slide_over_model": 0.75}
+    row = cells(infer_table(result), "convnext_tiny")
+    assert row[4:9] == ["14 (auto)", "9,000", "6,000", "**1.50**", "met"] and row[9:] == ["4,500 (0.75)", "4"]
+    result["loader"]["tiles_per_s"] = 3000.0
+    assert cells(infer_table(result), "convnext_tiny")[7:9] == ["**0.50**", "**missed**"]

@@ -21,13 +21,18 @@ def test_slides_per_hour_extrapolation():
 def test_bench_infer_on_a_demo_slide(tiny_wsi_run, held_out_slides, tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["--slide", str(held_out_slides / "slides" / "demo_001.tif"), "--ckpt", str(tiny_wsi_run),
-                 "--num-workers", "0", "--min-seconds", "0.2", "--batch-size", "32", "--json", str(out)])
+                 "--num-workers", "0", "--min-seconds", "0.2", "--batch-size", "32", "--json", str(out),
+                 "--rounds", "2", "--slides", "2"])
     assert code == 0
     result = json.loads(out.read_text())
     assert result["n_tiles"] > 10 and 0 < result["tissue_fraction"] < 1
     for part in ("loader", "model", "end_to_end"):
         assert result[part]["tiles_per_s"] > 0
     assert result["slides_per_hour"] > 0
+    assert len(result["rounds"]) == 2 and result["end_to_end"]["slides"] == 2 and result["end_to_end"]["failed"] == 0
+    ratio, (low, high) = result["slide_over_model"], result["slide_over_model_range"]
+    assert low <= ratio <= high
+    assert result["loader"]["tiles"] == 2 * result["n_tiles"]  # the loader read the slide as often as infer did
     assert "bottleneck" in capsys.readouterr().out
 
 
