@@ -107,17 +107,21 @@ def run_memory(plan: Plan, report: dict, deadline: float, out: Path) -> str:
     return status
 
 
-def run_overhead(plan: Plan, report: dict, deadline: float) -> str:
-    plan.overhead_json.unlink(missing_ok=True)  # never report an earlier run's figures
-    cmd = [sys.executable, "-m", "medconv.bench.train_overhead", *plan.overhead]
-    rc, out, err = run_command(cmd, _left(deadline))
-    report.setdefault("logs", {})["overhead"] = (out + err)[-3000:]
+def _run_json(name: str, module: str, args: list[str], result: Path, report: dict, deadline: float) -> str:
+    """`python -m module args` that writes its figures to `result`: they go into report[name]."""
+    result.unlink(missing_ok=True)  # never report an earlier run's figures
+    rc, out, err = run_command([sys.executable, "-m", module, *args], _left(deadline))
+    report.setdefault("logs", {})[name] = (out + err)[-3000:]
     if rc is None:
         return "partial: timeout"
-    if rc != 0 or not plan.overhead_json.exists():
+    if rc != 0 or not result.exists():
         return "error: " + ((err or out).strip().splitlines() or ["no output"])[-1][:200]
-    report["overhead"] = json.loads(plan.overhead_json.read_text())
+    report[name] = json.loads(result.read_text())
     return "done"
+
+
+def run_overhead(plan: Plan, report: dict, deadline: float) -> str:
+    return _run_json("overhead", "medconv.bench.train_overhead", plan.overhead, plan.overhead_json, report, deadline)
 
 
 def run_infer(plan: Plan, report: dict, deadline: float) -> str:
@@ -130,15 +134,7 @@ def run_infer(plan: Plan, report: dict, deadline: float) -> str:
             return "partial: timeout making the demo slide" if rc is None else f"error: demo slide: {(err or out)[-200:]}"
     if _left(deadline) < 3 * MIN_START_S:
         return "not run: budget"
-    plan.infer_json.unlink(missing_ok=True)  # never report an earlier run's figures
-    rc, out, err = run_command([sys.executable, "-m", "medconv.bench.infer", *plan.infer], _left(deadline))
-    report.setdefault("logs", {})["infer"] = (out + err)[-3000:]
-    if rc is None:
-        return "partial: timeout"
-    if rc != 0 or not plan.infer_json.exists():
-        return "error: " + ((err or out).strip().splitlines() or ["no output"])[-1][:200]
-    report["infer"] = json.loads(plan.infer_json.read_text())
-    return "done"
+    return _run_json("infer", "medconv.bench.infer", plan.infer, plan.infer_json, report, deadline)
 
 
 def _not_run(cfg: Config) -> dict:
