@@ -1,11 +1,12 @@
-"""Difficulty presets for the demo generators: `easy` (the original sets, byte for byte), `hard` and, for slides,
-`subtle`.
+"""Difficulty presets for the demo generators: `easy` (the original sets, byte for byte under the same library
+versions), `hard` and, for slides, `subtle`.
 
 Why: on `easy` a small model from random init reaches AUROC ~1.0 with all labels, which leaves no room to show what
 self-supervised pretraining adds when labels are scarce. `hard` keeps the same signal (a lesion, a tumour region)
 but weakens it: smaller, fainter lesions in busier breast texture; tumour whose nuclei and colour sit closer to
 normal tissue, under stronger stain variation between and within slides. Each preset is a frozen dataclass whose
-`easy` values are the literals the generators used before presets existed, so `easy` reproduces the old data.
+`easy` values are the literals the generators used before presets existed, so `easy` reproduces the old data
+(OpenCV 5 renders the slide texture slightly differently from 4.x: the same code, not the same bytes).
 
 `hard` slides still proved too easy (a resnet18d from random init reaches test tile AUROC ~0.999 at 5% labels), so
 slides have a third preset, `subtle`, calibrated on the validation split so that the reference CNN with all labels
