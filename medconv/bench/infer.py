@@ -5,7 +5,8 @@ the fast reader, resize, uint8 batches from DataLoader workers, no model; also w
 model tiles/s (the checkpoint's model on a batch of the slide's tiles held in memory, with the precision and memory format
 `medconv infer` uses), and end-to-end tiles/s (`medconv infer` itself: tiling, reading, model, heatmap/GeoJSON/h5
 writing). They are measured in turn for `--rounds` rounds and each ratio is taken within its round (medians
-reported), because the model figure alone moves by ±10% between back-to-back runs on a small VM. Also
+reported), because on a small shared VM the model figure alone moved by 10-50% between two measurements a
+minute apart. Also
 slides/hour for a typical 20x slide (100k x 80k px at 0.5 um/px) extrapolated from end-to-end tiles/s and this
 slide's tissue fraction."""
 
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medconv import keys
 from medconv.io.atomic import write_json
 from medconv.tiling.coords_store import read_coords
 
@@ -45,8 +47,8 @@ def loader_rate(slide: Path, coords_h5: Path, loaded: Any, batch_size: int, work
                           on_start=lambda: None)
     n, start = 0, time.perf_counter()
     for batch in loader:
-        if "error" in batch:
-            raise RuntimeError(f"{slide}: the loader could not read its tiles: {batch['error']}")
+        if keys.ERROR in batch:
+            raise RuntimeError(f"{slide}: the loader could not read its tiles: {batch[keys.ERROR]}")
         n += len(batch["image"])
         if max_tiles and n >= max_tiles:
             break
@@ -59,27 +61,25 @@ def slide_batch(slide: Path, coords_h5: Path, loaded: Any, batch_size: int, slid
     depend on what it sees (convnext_atto ran 20-35% faster on demo H&E tiles than on uniform noise, bf16 on this
     project's CPU; resnet18d alike on both), so noise would understate the bound."""
     from medconv.inference.predictor import InferenceTiles
+    from medconv.inference.slide_stream import read_batch
     from medconv.wsi.tile_dataset import load_slide_tiles
 
     tiles = load_slide_tiles(slide, coords_h5, 0, mpp=slide_mpp)
     dataset = InferenceTiles([tiles], None, loaded.image_size)
     try:
         start = max(len(tiles.coords) // 2 - batch_size // 2, 0)
-        images = np.stack([dataset.tile(0, i) for i in range(start, min(start + batch_size, len(tiles.coords)))])
+        return read_batch(dataset, start, min(start + batch_size, len(tiles.coords)))
     finally:
         dataset.close()
-    return torch.from_numpy(images).permute(0, 3, 1, 2)
 
 
-def model_rate(loaded: Any, batch_size: int, device: torch.device, precision: str, min_seconds: float = 3.0,
-               images: torch.Tensor | None = None) -> dict[str, float]:
-    """Tiles/s of the model on one in-memory uint8 batch (`images`, else uniform noise), repeated (after warm-up),
-    under the inference precision, normalisation and softmax included (what `medconv infer` runs per batch)."""
+def model_rate(loaded: Any, images: torch.Tensor, device: torch.device, precision: str,
+               min_seconds: float = 3.0) -> dict[str, float]:
+    """Tiles/s of the model on one in-memory uint8 batch (`slide_batch`), repeated (after warm-up), under the
+    inference precision, normalisation and softmax included (what `medconv infer` runs per batch)."""
     from medconv.inference.predictor import TilePredictor
 
     module = TilePredictor(loaded.module, loaded.mean, loaded.std).to(device).eval()
-    if images is None:
-        images = torch.randint(0, 256, (batch_size, loaded.in_chans, *loaded.image_size), dtype=torch.uint8)
     x, batch_size = images.to(device), len(images)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
@@ -174,9 +174,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             loader = loader_rate(args.slide, coords, loaded, args.batch_size, workers, args.max_tiles, args.slide_mpp,
                                  copies=args.slides)
             loader["tiles_per_s_with_grid"] = out["n_tiles"] / (out["grid_seconds"] + out["n_tiles"] / loader["tiles_per_s"])
-            before = model_rate(loaded, args.batch_size, device, precision, args.min_seconds / 2, images)
+            before = model_rate(loaded, images, device, precision, args.min_seconds / 2)
             e2e = end_to_end(args, tmp / f"infer_{r}", out["n_tiles"], workers, tile_size, target_mpp, device, precision)
-            after = model_rate(loaded, args.batch_size, device, precision, args.min_seconds / 2, images)
+            after = model_rate(loaded, images, device, precision, args.min_seconds / 2)
             model = _bracketed(before, after)
             out["rounds"].append({"loader": loader, "model": model, "end_to_end": e2e,
                                   "e2e_over_model": e2e["tiles_per_s"] / model["tiles_per_s"],
@@ -318,7 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.slides < 1:
+        parser.error("--rounds and --slides must be at least 1")
     result = run(args)
     print(report(result))
     if args.json:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import lightning as L
 import numpy as np
 import torch
@@ -22,13 +21,6 @@ from medconv.wsi.tile_dataset import TileDataset
 class InferenceTiles(TileDataset):
     """`TileDataset` for inference: samples are uint8 (3, H, W) tiles at the model's image size, with
     slide_id, x, y (one slide reader per worker process, as in training)."""
-
-    def tile(self, slide_index: int, tile_index: int) -> np.ndarray:
-        """uint8 RGB (H, W, 3) at the model's image size."""
-        image = self.read_tile(slide_index, tile_index)
-        if self.image_size is not None and image.shape[:2] != self.image_size:
-            image = cv2.resize(image, (self.image_size[1], self.image_size[0]), interpolation=cv2.INTER_AREA)
-        return image
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         slide_index, tile_index = self.locate(index)
@@ -83,9 +75,6 @@ class TilePredictor(TileModule):
     """A trained classifier over uint8 tiles: class probabilities (softmax in fp32)."""
 
     key = "probs"
-
-    def __init__(self, classifier: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = True):
-        super().__init__(classifier, mean, std, channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return super().forward(images).softmax(1)

@@ -68,7 +68,6 @@ class PreparedSlide:
     tiles: SlideTiles
     store_attrs: dict[str, Any]
     run: dict[str, Any]
-    prepare_s: float = 0.0
     started: float = 0.0  # perf_counter when its preparation began
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -125,7 +124,7 @@ def prepare_slide(job: SlideJob, options: SlideRunOptions, outputs: SlideOutputs
                     "error": "no tissue tiles at this tile size, mpp and --min-tissue"}, None
     except Exception as err:  # one bad slide never stops the others
         return failed_row(job, err, start), None
-    prepared.started, prepared.prepare_s = start, time.perf_counter() - start
+    prepared.started = start
     return None, prepared
 
 

@@ -106,11 +106,8 @@ class SlideStream(IterableDataset):
 
     def _read(self, dataset: InferenceTiles, coords: np.ndarray, b: int) -> dict[str, Any]:
         start, stop = b * self.batch_size, min((b + 1) * self.batch_size, len(coords))
-        images = np.empty((stop - start, *self.image_size, 3), np.uint8)
-        for i in range(start, stop):
-            images[i - start] = dataset.tile(0, i)
         xy = torch.from_numpy(coords[start:stop].astype(np.int64))
-        return {keys.IMAGE: torch.from_numpy(images).permute(0, 3, 1, 2), keys.SLIDE_ID: [dataset.slides[0].slide_id] * len(xy),
+        return {keys.IMAGE: read_batch(dataset, start, stop), keys.SLIDE_ID: [dataset.slides[0].slide_id] * len(xy),
                 keys.X: xy[:, 0].clone(), keys.Y: xy[:, 1].clone()}
 
     def _wait(self, k: int) -> int:
@@ -119,6 +116,14 @@ class SlideStream(IterableDataset):
                 raise RuntimeError("the process that tiles the slides has gone; stopping this loader worker")
             time.sleep(self.poll_s)
         return status
+
+
+def read_batch(dataset: InferenceTiles, start: int, stop: int) -> torch.Tensor:
+    """Tiles start..stop of the dataset's first slide as one uint8 (B, C, H, W) tensor in NHWC memory."""
+    images = np.empty((stop - start, *dataset.image_size, 3), np.uint8)
+    for i in range(start, stop):
+        images[i - start] = dataset.tile(0, i)
+    return torch.from_numpy(images).permute(0, 3, 1, 2)
 
 
 def describe(err: BaseException) -> str:

@@ -183,13 +183,18 @@ class TileDataset(Dataset):
             tile = cv2.resize(tile, (st.tile_size, st.tile_size), interpolation=interp)
         return tile
 
+    def tile(self, slide_index: int, tile_index: int) -> np.ndarray:
+        """uint8 RGB (H, W, 3) at the model's image size (the tile as read when no image size is set)."""
+        image = self.read_tile(slide_index, tile_index)
+        if self.image_size is not None and image.shape[:2] != self.image_size:
+            image = cv2.resize(image, (self.image_size[1], self.image_size[0]), interpolation=cv2.INTER_AREA)
+        return image
+
     def __getitem__(self, value: int) -> dict[str, Any]:
         index, draw = decode_draw(int(value), len(self))
         slide_index, tile_index = self.locate(index)
         st = self.slides[slide_index]
-        image = self.read_tile(slide_index, tile_index)
-        if self.image_size is not None and image.shape[:2] != self.image_size:
-            image = cv2.resize(image, (self.image_size[1], self.image_size[0]), interpolation=cv2.INTER_AREA)
+        image = self.tile(slide_index, tile_index)
         if self.transform is not None:
             self.transform.set_random_seed((self.seed * 1_000_003 + draw * 7919 + index) % 2**32)
             image = self.transform(image=image)["image"]
