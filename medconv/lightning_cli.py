@@ -4,49 +4,46 @@ What the data decides is linked into the model (image size and channels into the
 the number of classes into the head, the feature bags' width into a MIL aggregator). Every run gets one
 directory, `<save_dir>/<experiment>/version_N`, shared by the CSV and TensorBoard loggers, holding config.yaml,
 metrics.csv, checkpoints/, predictions and plots.
+
+The callbacks that write a run's files (reports with CIs, predictions, the encoder export) belong to its recipe
+and are listed in its YAML (configs/base/trainer.yaml, mil_trainer.yaml, pretrain_trainer.yaml), where a user sees
+and configures them. The tasks do not return them from `configure_callbacks()`: Lightning lets those replace every
+trainer callback of the same type, which would drop the options a config gives them, and a task used from Python
+would write run files nobody asked for. Because a `trainer.callbacks` list in a later --config replaces the earlier
+list (`callbacks+:` extends it), and older runs' saved configs may lack one, the CLI checks the final list by type
+against `RUN_CALLBACKS` and puts back what the task's run needs, with a warning naming it.
+
+`--ckpt_path FILE` loads the checkpoint's weights into the model that the config builds, as `best` / `last` do.
+LightningCLI would first re-apply the checkpoint's `hyper_parameters` over the parsed config; medconv does not, since
+the config is authoritative: `fit` saves it complete beside the checkpoints, while the hyper-parameters lack the
+injected modules (backbone, aggregator, optimiser), carry link placeholders that a task may not accept (`in_dim:
+null` for a classifier), and would override the command line. Instead the file is checked before any data is read:
+it exists, holds a Lightning checkpoint of weights only, and was written by the task class the config builds.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import sys
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
+from medconv.callbacks.run_config import SaveRunConfig
 from medconv.errors import CheckpointError, MedconvError
+from medconv.precision import default_precision
 from medconv.run_dirs import eval_dir, is_external, latest_resumable, next_version, resolve_checkpoint, run_of
 
 EVAL_COMMANDS = ("validate", "test", "predict")
 
 RUNS_DIR = "runs"
-
-
-def default_precision() -> str:
-    """Training: bf16 mixed precision where the GPU supports it; full precision on CPU."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "16-mixed" if torch.cuda.is_available() else "32-true"
-
-
-def native_cpu_bf16() -> bool:
-    """The CPU computes in bf16 natively (AVX512-BF16 or AMX: recent Xeon and EPYC), where oneDNN's bf16 kernels
-    run ~1.9x faster than fp32; on other CPUs bf16 is emulated and slower than fp32."""
-    cpu = getattr(torch, "cpu", None)
-    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(check() for check in checks if callable(check))
-
-
-def inference_precision(accelerator: str) -> str:
-    """Inference and embedding: AMP on GPU as in training; bf16 autocast on CPUs with native bf16 (measured on an
-    AVX512-BF16 EPYC: 1.9x the tiles/s for ConvNeXt-atto and PVT-v2-b0, tile probabilities within 0.004 of fp32,
-    docs/benchmarks.md), else fp32. `--precision 32-true` keeps fp32 anywhere."""
-    if accelerator != "cpu":
-        return default_precision()
-    return "bf16-mixed" if native_cpu_bf16() else "32-true"
 
 
 def _num_classes(data) -> int:  # noqa: ANN001
@@ -84,8 +81,7 @@ class MedconvCLI(LightningCLI):
         trainer = cfg.trainer
         if trainer.precision is None:
             trainer.precision = default_precision()
-        model_class = str(cfg.model.get("class_path", ""))
-        _ensure_outputs_callback(trainer, pretraining=model_class.endswith("PretrainModule"), mil=model_class.endswith("MILModule"))
+        _ensure_run_callbacks(trainer, str(cfg.model.get("class_path", "")))
         _link_nested_input(cfg)
         configs = [str(c) for c in (cfg.get("config") or [])]
         if self.subcommand in EVAL_COMMANDS:
@@ -121,6 +117,25 @@ class MedconvCLI(LightningCLI):
             lg.init_args.save_dir = str(save_dir)
             lg.init_args.name = name
             lg.init_args.version = version
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's (private, Lightning >= 2.3) hook that re-applies a checkpoint's hyper-parameters: here it checks
+        the file instead (module docstring); tests/integration/test_lightning_cli_runs.py fails if it stops being
+        called. `best` / `last` are resolved inside the run later, in `before_instantiate_classes`."""
+        subcommand = self.config.get("subcommand")
+        cfg = self.config[subcommand] if subcommand else self.config
+        ckpt_path = cfg.get("ckpt_path")
+        if ckpt_path in (None, "best", "last"):
+            return
+        resolve_checkpoint(ckpt_path, None)  # a missing file: the error says what to pass instead
+        written_by = _checkpoint_task(Path(ckpt_path))
+        configured = str(cfg.model.get("class_path", "")) if cfg.get("model") else ""
+        if written_by and configured and not _same_class(written_by, configured):
+            hint = (" To start a classifier from a pretraining run, pass its encoder.safetensors as "
+                    "--model.init_args.backbone.init_args.pretrained_path."
+                    if _subclass(_import(written_by), "medconv.tasks.PretrainModule") else "")
+            raise CheckpointError(f"{ckpt_path}: a checkpoint of {written_by}, but the config builds {configured}. Pass the "
+                                  f"config.yaml of the run that wrote it (--config <run>/config.yaml).{hint}")
 
     def after_fit(self) -> None:
         """A resumed run's metrics.csv holds the epochs since the resume: prepend the earlier ones."""
@@ -161,22 +176,62 @@ def _occupied(run: Path, ckpt_path: str | None) -> bool:
     return run.is_dir() and any(run.iterdir()) and not resuming
 
 
-def _ensure_outputs_callback(trainer, pretraining: bool = False, mil: bool = False) -> None:  # noqa: ANN001
-    """Evaluation reports are part of every run, also when a config lists its own callbacks; a pretraining run
-    always exports its encoder; a MIL run's predictions (attention and coords per slide besides the slide's
-    probabilities) go through the MIL writer instead of the per-tile CSV writer."""
+@dataclass(frozen=True)
+class RunCallbacks:
+    """The callbacks a task's run writes its files with, and the base config that lists them."""
+
+    needs: tuple[str, ...]
+    recipe: str
+    #: a writer that writes the wrong files for this task -> the one that writes its files
+    replaces: dict[str, str] = field(default_factory=dict)
+
+
+#: By task class (subclasses count); callbacks are matched by type, so aliases and subclasses satisfy a need.
+RUN_CALLBACKS: dict[str, RunCallbacks] = {
+    "medconv.tasks.ClassificationModule": RunCallbacks(
+        ("medconv.callbacks.RunOutputs", "medconv.callbacks.PredictionCSVWriter"), "configs/base/trainer.yaml"),
+    "medconv.tasks.MILModule": RunCallbacks(
+        ("medconv.callbacks.RunOutputs", "medconv.callbacks.BagPredictionWriter"), "configs/base/mil_trainer.yaml",
+        replaces={"medconv.callbacks.PredictionCSVWriter": "medconv.callbacks.BagPredictionWriter"}),
+    "medconv.tasks.PretrainModule": RunCallbacks(("medconv.callbacks.EncoderExport",), "configs/base/pretrain_trainer.yaml"),
+}
+
+
+def _ensure_run_callbacks(trainer, model_class_path: str) -> None:  # noqa: ANN001 -- the parsed `trainer` section
+    """Put back what the task's run needs (reports with CIs, predictions, the encoder export) when the final callback
+    list lacks it, and swap a writer that would write the wrong files for it; warn about each change, since the
+    config itself should list them."""
+    model_class = _import(model_class_path)
+    spec = next((v for k, v in RUN_CALLBACKS.items() if model_class is not None and _subclass(model_class, k)), None)
+    if spec is None:
+        return
     callbacks = trainer.get("callbacks") or []
-    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-    if mil:
-        for callback in callbacks:
-            if getattr(callback, "class_path", "").endswith("PredictionCSVWriter"):
-                callback.class_path = "medconv.mil.writer.BagPredictionWriter"
-    names = {getattr(c, "class_path", "").rsplit(".", 1)[-1] for c in callbacks}
-    if not names & {"RunOutputs", "RunSummary"}:
-        callbacks.append(Namespace(class_path="medconv.callbacks.RunOutputs", init_args=Namespace()))
-    if pretraining and "EncoderExport" not in names:
-        callbacks.append(Namespace(class_path="medconv.callbacks.EncoderExport", init_args=Namespace()))
+    callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+    changes = []
+    for callback in callbacks:
+        path = str(getattr(callback, "class_path", ""))
+        wrong = next((w for w in spec.replaces if _import(path) is _import(w)), None)
+        if wrong is not None:
+            callback.class_path = spec.replaces[wrong]
+            changes.append(f"{path} replaced by {spec.replaces[wrong]} (the files a {model_class.__name__} run writes)")
+    classes = [_import(str(getattr(c, "class_path", ""))) for c in callbacks]
+    for need in spec.needs:
+        if not any(cls is not None and _subclass(cls, need) for cls in classes):
+            callbacks.append(Namespace(class_path=need, init_args=Namespace()))
+            changes.append(f"{need} added with its defaults")
     trainer.callbacks = callbacks
+    if changes:
+        rank_zero_warn(
+            f"medconv: trainer.callbacks: {'; '.join(changes)}. A {model_class.__name__} run writes its files with "
+            f"{', '.join(n.rsplit('.', 1)[-1] for n in spec.needs)}; list them in the config (as {spec.recipe} does) "
+            "to set their options. A trainer.callbacks list in a later --config replaces the earlier list (`callbacks+:` "
+            "extends it)."
+        )
+
+
+def _subclass(cls: type | None, class_path: str) -> bool:
+    base = _import(class_path)
+    return base is not None and isinstance(cls, type) and issubclass(cls, base)
 
 
 def _link_nested_input(cfg) -> None:  # noqa: ANN001
@@ -203,15 +258,63 @@ def run_lightning(argv: list[str]) -> MedconvCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             seed_everything_default=0,
+            save_config_callback=SaveRunConfig,  # config.yaml, and the config into each checkpoint's run record
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
         )
     except pickle.UnpicklingError as err:
+        raise CheckpointError(_pickled_objects(_arg(argv, "--ckpt_path") or "the checkpoint")) from err
+    except RuntimeError as err:
+        if not str(err).startswith("Error(s) in loading state_dict"):
+            raise
+        details = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise CheckpointError(
-            f"{_arg(argv, '--ckpt_path') or 'the checkpoint'}: holds Python objects other than weights (pickled code "
-            "can run when loaded), so medconv does not load it. Use a checkpoint written by medconv/Lightning, or "
-            "re-save only its tensors."
+            f"{_arg(argv, '--ckpt_path') or 'the checkpoint'}: its weights do not fit the model that the config builds "
+            f"({details[:300]}). Pass the config.yaml of the run that wrote it (--config <run>/config.yaml)."
         ) from err
+
+
+def _pickled_objects(ckpt: str) -> str:
+    return (f"{ckpt}: holds Python objects other than weights (pickled code can run when loaded), so medconv does not "
+            "load it. Use a checkpoint written by medconv/Lightning, or re-save only its tensors.")
+
+
+def _checkpoint_task(path: Path) -> str | None:
+    """The class path of the task that wrote a Lightning checkpoint (None when it does not say); a CheckpointError
+    when the file is not a Lightning checkpoint of weights only. Memory-mapped: the tensors are not read."""
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a checkpoint written by `medconv fit` (not a PyTorch checkpoint file). Pass "
+                              "a .ckpt from <run>/checkpoints/, or `best` / `last` with --config <run>/config.yaml.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(_pickled_objects(str(path))) from err
+    except (RuntimeError, OSError, ValueError, EOFError) as err:
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({err}).") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"{path}: holds weights but is not a checkpoint written by `medconv fit` (no Lightning state_dict). To start "
+            "a model from these weights, pass them as --model.init_args.backbone.init_args.pretrained_path instead."
+        )
+    hparams = ckpt.get("hyper_parameters") or {}
+    record = ckpt.get("medconv") if isinstance(ckpt.get("medconv"), dict) else {}
+    written_by = hparams.get("_class_path") or (record.get("model") or {}).get("class_path")
+    return str(written_by) if written_by else None
+
+
+def _import(class_path: str) -> type | None:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _same_class(a: str, b: str) -> bool:
+    """Class paths name the same class (a re-export or alias counts); an unimportable one (a class renamed since the
+    checkpoint was written) is not held against the checkpoint."""
+    class_a, class_b = _import(a), _import(b)
+    return class_a is None or class_b is None or class_a is class_b
 
 
 def _arg(argv: list[str], flag: str) -> str | None:

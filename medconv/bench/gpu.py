@@ -1,13 +1,12 @@
 """`medconv bench gpu --out DIR`: every GPU goal of docs/benchmarks.md and the CUDA tests, in one call.
 
-GPU time is lent in short slots, so this is built to finish inside `--budget-s` (default 480 s, for a
-15-minute slot with the machine's start and a rerun): sections run in order (tests, memory, overhead, infer,
-max_batch), each with a share of the
-budget plus what earlier ones left; a process that overruns is killed and a step with too little time
-left is recorded as not run. The report (DIR/gpu_report.md: tables for docs/benchmarks.md, with GPU,
-versions and date; DIR/gpu_report.json: every row) is rewritten after each section, so a run cut off
-keeps what it measured. `--dry-run` lists and checks the steps on a CPU; `--smoke` runs all of them
-on tiny models on the CPU (figures meaningless) to check the wiring.
+Sections run in order (tests, memory, overhead, infer, max_batch), each to completion. `--time-budget SECONDS`
+bounds the whole run instead: each section gets a share of the budget plus what earlier ones left, a process
+that overruns is killed, and a step with too little time left is recorded as not run. The report
+(DIR/gpu_report.md: tables for docs/benchmarks.md, with GPU, versions and date; DIR/gpu_report.json: every
+row) is rewritten after each section, so an interrupted run keeps what it measured. `--dry-run` lists and
+checks the steps on a CPU; `--smoke` runs all of them on tiny models on the CPU (figures meaningless) to
+check the wiring.
 """
 
 from __future__ import annotations
@@ -38,15 +37,18 @@ NO_CUDA = (
 
 
 class Budget:
-    """Deadlines per section: a section gets its share of what is left, so unused time moves on."""
+    """Deadlines per section: a section gets its share of what is left, so unused time moves on. Without a
+    total (the default), every deadline is infinitely far: each section runs to completion."""
 
-    def __init__(self, total_s: float, shares: dict[str, float]):
+    def __init__(self, total_s: float | None, shares: dict[str, float]):
         self.total_s, self.shares, self.start = total_s, shares, time.monotonic()
 
     def left(self) -> float:
-        return self.total_s - (time.monotonic() - self.start)
+        return math.inf if self.total_s is None else self.total_s - (time.monotonic() - self.start)
 
     def deadline(self, name: str, later: list[str]) -> float:
+        if self.total_s is None:
+            return math.inf
         share = self.shares[name] / sum(self.shares[s] for s in [name, *later])
         return time.monotonic() + max(0.0, self.left()) * share
 
@@ -201,13 +203,14 @@ def save(report: dict, out: Path) -> None:
     write_text(out / "gpu_report.md", render(report))
 
 
-def run_plan(plan: Plan, out: Path, budget_s: float, command: str) -> dict:
+def run_plan(plan: Plan, out: Path, budget_s: float | None, command: str) -> dict:
     budget = Budget(budget_s, plan.shares)
     report = {"meta": machine(plan) | {"budget_s": budget_s, "command": command}, "sections": {}, "tests": [],
               "memory": [], "overhead": None, "infer": None, "max_batch": [], "logs": {}}
     for i, name in enumerate(plan.sections):
         deadline, t0 = budget.deadline(name, list(plan.sections[i + 1:])), time.monotonic()
-        print(f"[{name}] up to {_left(deadline):.0f} s", flush=True)
+        limit = "no time limit" if math.isinf(deadline) else f"up to {_left(deadline):.0f} s"
+        print(f"[{name}] {limit}", flush=True)
         if name == "tests":
             status = run_tests(plan, report, deadline)
         elif name == "memory":
@@ -218,7 +221,7 @@ def run_plan(plan: Plan, out: Path, budget_s: float, command: str) -> dict:
             status = run_infer(plan, report, deadline)
         else:
             status = run_max_batch(plan, report, deadline, out)
-        report["sections"][name] = {"status": status, "budget_s": round(deadline - t0),
+        report["sections"][name] = {"status": status, "budget_s": None if math.isinf(deadline) else round(deadline - t0),
                                     "used_s": round(time.monotonic() - t0, 1)}
         report["meta"]["wall_s"] = round(time.monotonic() - budget.start, 1)
         print(f"[{name}] {status} in {report['sections'][name]['used_s']} s", flush=True)
@@ -229,7 +232,9 @@ def run_plan(plan: Plan, out: Path, budget_s: float, command: str) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medconv bench gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder for gpu_report.md / .json and the row files")
-    p.add_argument("--budget-s", type=float, default=480, help="seconds for all sections together (default 480)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="bound the whole run to this many seconds, shared among the sections (default: no bound, "
+                        "every section runs to completion)")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--tests", type=Path, default=None, help="the CUDA tests (default: tests/gpu of this checkout)")
     p.add_argument("--dry-run", action="store_true", help="list the steps and check them on the meta device; no GPU")
@@ -238,11 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.time_budget is not None and not args.time_budget > 0:
+        parser.error(f"--time-budget must be a positive number of seconds, got {args.time_budget:g}")
     args.out = args.out.resolve()
     plan = make_plan(args.out, smoke=args.smoke, tests=args.tests, sections=args.sections)
     if args.dry_run:
-        print("\n".join(describe(plan, args.budget_s)))
+        print("\n".join(describe(plan, args.time_budget)))
         problems = check_plan(plan)
         print("\n".join(f"problem: {p}" for p in problems) or "every step checked: models build and run at their "
               "planned sizes on the meta device, train-overhead accepts its arguments")
@@ -253,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         print(NO_CUDA.format(torch=torch.__version__, cuda=torch.version.cuda), file=sys.stderr)
         return 2
     command = "medconv bench gpu " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = run_plan(plan, args.out, args.budget_s, command.strip())
+    report = run_plan(plan, args.out, args.time_budget, command.strip())
     print(f"wrote {args.out / 'gpu_report.md'} and {args.out / 'gpu_report.json'}")
     failed = [t for t in report["tests"] if t["outcome"] in ("failed", "error")]
     errors = [s for s in report["sections"].values() if s["status"].startswith("error")]

@@ -1,6 +1,6 @@
 """What `medconv bench gpu` runs: the GPU goals of docs/benchmarks.md as data, and a check that needs no GPU.
 
-The plan is data so that `--dry-run` can print it and test every step on a CPU before a GPU is lent:
+The plan is data so that `--dry-run` can print it and test every step on a CPU before any GPU time is spent:
 each model is built and run at its planned size on PyTorch's meta device (shapes only, no memory), and
 the train-overhead arguments go through that command's own parser.
 """
@@ -14,14 +14,14 @@ from pathlib import Path
 from medconv.bench.measure import Config
 
 SECTIONS = ("tests", "memory", "overhead", "infer", "max_batch")
-# Shares of the budget, from a run on an H200 (tests 73 s; four memory workers 33 s each; train-overhead
+# Shares of a `--time-budget`, from a run on an H200 (tests 73 s; four memory workers 33 s each; train-overhead
 # needs ~40 s; each model's max-batch climb ~40 s; infer: the 20k demo slide takes 25 s to make (on the 2-core
 # CPU VM), then `bench infer` ~60 s, estimated from CPU runs); unused time moves on to later sections.
 SHARES = {"tests": 0.22, "memory": 0.27, "overhead": 0.1, "infer": 0.18, "max_batch": 0.23}
 # The issue's GPU goal for slide inference: the loader (default workers) keeps up with convnext_tiny at 256².
 INFER_MODEL, INFER_TILE = "convnext_tiny", 256
 
-# Hierarchical ViTs, flash-eligible first: if the budget runs short, the last ones go unmeasured.
+# Hierarchical ViTs, flash-eligible first: if a --time-budget runs short, the last ones go unmeasured.
 MEMORY_MODELS = ("hiera_tiny_224", "swin_tiny_patch4_window7_224", "pvt_v2_b2", "swinv2_tiny_window8_256")
 MAX_BATCH_MODELS = ("convnext_tiny", "swin_tiny_patch4_window7_224", "hiera_tiny_224")
 TINY = {  # --smoke: the same steps on models small enough for a CPU
@@ -106,12 +106,15 @@ def infer_steps(out: Path, smoke: bool) -> tuple[list[str], list[str]]:
     return slide, ["--slide", str(path), *infer, "--json", str(out / "infer.json")]
 
 
-def describe(plan: Plan, budget_s: float) -> list[str]:
-    """One line per step, in order, with each section's share of the budget."""
+def describe(plan: Plan, budget_s: float | None = None) -> list[str]:
+    """One line per step, in order, with each section's share of the budget when there is one."""
     total = sum(plan.shares[s] for s in plan.sections)
     lines = []
     for name in plan.sections:
-        lines.append(f"[{name}] up to {budget_s * plan.shares[name] / total:.0f} s, plus what earlier sections leave")
+        if budget_s is None:
+            lines.append(f"[{name}] runs to completion")
+        else:
+            lines.append(f"[{name}] up to {budget_s * plan.shares[name] / total:.0f} s, plus what earlier sections leave")
         if name == "tests":
             where = plan.tests or "(no tests/gpu folder: skipped)"
             lines.append(f"  python -m pytest {where} -m gpu -v")

@@ -161,8 +161,8 @@ def render(report: dict) -> str:
     parts = [
         f"**{meta.get('gpu', '?')}** ({_num(meta.get('gpu_memory_mb'))} MiB), torch {meta.get('torch', '?')} "
         f"(CUDA {meta.get('cuda', '?')}), timm {meta.get('timm', '?')}, Lightning {meta.get('lightning', '?')}; "
-        f"{meta.get('date', '?')}; `{meta.get('command', 'medconv bench gpu')}` took {_num(meta.get('wall_s'))} s "
-        f"of a {_num(meta.get('budget_s'))} s budget.",
+        f"{meta.get('date', '?')}; `{meta.get('command', 'medconv bench gpu')}` took {_num(meta.get('wall_s'))} s"
+        + (f" of a {_num(meta['budget_s'])} s budget." if meta.get("budget_s") else "."),
         "",
         "### CUDA tests",
         "",

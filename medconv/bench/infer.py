@@ -36,7 +36,7 @@ def loader_rate(slide: Path, coords_h5: Path, loaded: Any, batch_size: int, work
     """Tiles/s of the loader `medconv infer` uses (`SlideStream` in DataLoader workers: reads through the fast
     reader, resize, uint8 batches), on a slide already tiled (read `copies` times, one stream), no model; the first
     `max_tiles` tiles if given."""
-    from medconv.inference.slide_stream import SlideBoard, SlideStream, StreamLoader
+    from medconv.slides.stream import SlideBoard, SlideStream, StreamLoader
 
     _, attrs = read_coords(coords_h5)
     board = SlideBoard(copies)
@@ -58,10 +58,10 @@ def loader_rate(slide: Path, coords_h5: Path, loaded: Any, batch_size: int, work
 
 def slide_batch(slide: Path, coords_h5: Path, loaded: Any, batch_size: int, slide_mpp: float | None) -> torch.Tensor:
     """A batch of the slide's own tiles, from the middle of its grid, for the model bound: the model's speed can
-    depend on what it sees (convnext_atto ran 20-35% faster on demo H&E tiles than on uniform noise, bf16 on this
-    project's CPU; resnet18d alike on both), so noise would understate the bound."""
-    from medconv.inference.predictor import InferenceTiles
-    from medconv.inference.slide_stream import read_batch
+    depend on what it sees (convnext_atto ran 20-35% faster on demo H&E tiles than on uniform noise, bf16 on a
+    2-core CPU; resnet18d alike on both), so noise would understate the bound."""
+    from medconv.slides.stream import read_batch
+    from medconv.slides.tile_module import InferenceTiles
     from medconv.wsi.tile_dataset import load_slide_tiles
 
     tiles = load_slide_tiles(slide, coords_h5, 0, mpp=slide_mpp)
@@ -77,7 +77,7 @@ def model_rate(loaded: Any, images: torch.Tensor, device: torch.device, precisio
                min_seconds: float = 3.0) -> dict[str, float]:
     """Tiles/s of the model on one in-memory uint8 batch (`slide_batch`), repeated (after warm-up), under the
     inference precision, normalisation and softmax included (what `medconv infer` runs per batch)."""
-    from medconv.inference.predictor import TilePredictor
+    from medconv.inference.slide_scores import TilePredictor
 
     module = TilePredictor(loaded.module, loaded.mean, loaded.std).to(device).eval()
     x, batch_size = images.to(device), len(images)
@@ -141,12 +141,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
-    from medconv.inference.checkpoint import load_model
-    from medconv.inference.loader_workers import loader_workers
-    from medconv.lightning_cli import inference_precision
+    from medconv.precision import inference_precision
+    from medconv.runs import load_run
+    from medconv.slides.loader_workers import loader_workers
     from medconv.tiling.slide_tiler import TileOptions, tile_slide
 
-    loaded = load_model(args.ckpt)
+    loaded = load_run(args.ckpt)
     tile_size, target_mpp = args.tile_size or loaded.tile_size, args.target_mpp or loaded.target_mpp
     device = torch.device("cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu")
     accelerator = "cpu" if device.type == "cpu" else "gpu"
@@ -188,8 +188,6 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     for ratio in ("e2e_over_model", "slide_over_model"):
         values = [r[ratio] for r in rounds]
         out[ratio], out[f"{ratio}_range"] = float(np.median(values)), [min(values), max(values)]
-    if args.peer == "wsinfer":
-        out["wsinfer"] = run_peer(args, loaded, tile_size, target_mpp, workers)
     e2e = out["end_to_end"]["tiles_per_s"]
     out["typical_slide_tiles"], out["slides_per_hour"] = slides_per_hour(e2e, out["tissue_fraction"], tile_size, target_mpp)
     return out
@@ -230,22 +228,6 @@ def end_to_end(args: argparse.Namespace, out_dir: Path, n_tiles: int, workers: i
             "failed": int((rows["status"] != "ok").sum())}
 
 
-def run_peer(args: argparse.Namespace, loaded: Any, tile_size: int, target_mpp: float, workers: int) -> dict[str, Any]:
-    """wsinfer on the same slide, tile size, mpp, workers and batch size: with a near-empty model (its loader)
-    and with this checkpoint's model exported to TorchScript (its end to end)."""
-    from medconv.bench.infer_peer import DEFAULT_VENV, NearEmpty, ensure_venv, export_torchscript, run_wsinfer, wsinfer_config
-
-    python = ensure_venv(args.peer_venv or DEFAULT_VENV)
-    config = wsinfer_config(loaded.classes, tile_size, target_mpp, loaded.image_size, loaded.mean, loaded.std)
-    out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="medconv-bench-wsinfer-") as tmp:
-        tmp = Path(tmp)
-        for name, module in (("loader", NearEmpty(len(loaded.classes))), ("model", loaded.module)):
-            path = export_torchscript(module, tmp / f"{name}.pt", loaded.image_size)
-            out[name] = run_wsinfer(python, args.slide, path, config, tmp / name, args.batch_size, workers)
-    return out
-
-
 def _folder(r: dict[str, Any]) -> str:
     n = int(r["end_to_end"].get("slides", 1))
     return f" over a folder of {n} links to the slide" if n > 1 else ""
@@ -273,18 +255,6 @@ def report(r: dict[str, Any]) -> str:
         f"  typical 20x slide (100k x 80k px, same tissue fraction): {r['typical_slide_tiles']:.0f} tiles, "
         f"{r['slides_per_hour']:.2f} slides/hour ({60 / max(r['slides_per_hour'], 1e-9):.1f} min/slide)",
     ]
-    if "wsinfer" in r:
-        w = r["wsinfer"]
-        loader, e2e = w["loader"]["inference_tiles_per_s"], w["model"]["stages_tiles_per_s"]
-        lines += [
-            f"  wsinfer 0.6.1 on the same slide ({w['model']['tiles']} tiles from its own tissue mask), same model, "
-            f"workers, batch size:",
-            f"    loader (near-empty model)  {loader:8.1f} tiles/s  -> medconv loader {r['loader']['tiles_per_s'] / loader:.2f}x",
-            f"    end to end (its patching + inference + GeoJSON) {e2e:8.1f} tiles/s  -> medconv per slide "
-            f"{r['end_to_end']['slide_tiles_per_s'] / e2e:.2f}x; its inference stage alone "
-            f"{w['model']['inference_tiles_per_s']:.1f} tiles/s ({w['model']['inference_tiles_per_s'] / r['model']['tiles_per_s']:.2f} "
-            f"of the model bound); whole command {w['model']['tiles'] / w['model']['wall_s']:.1f} tiles/s",
-        ]
     return "\n".join(lines)
 
 
@@ -306,14 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slide-mpp", type=float, default=None)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--precision", default=None, help="as `medconv infer --precision` (default: what it uses on this "
-                   "machine; 32-true to compare at fp32, wsinfer runs fp32)")
+                   "machine; 32-true to compare at fp32)")
     p.add_argument("--max-tiles", type=int, default=None, help="loader figure from the first this many tiles")
     p.add_argument("--min-seconds", type=float, default=3.0, help="timed model work per round (half just before the "
                    "end-to-end run, half just after)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    p.add_argument("--peer", choices=["wsinfer"], default=None,
-                   help="also run wsinfer 0.6.1 side by side (its own venv, made on first use: needs the package index once)")
-    p.add_argument("--peer-venv", type=Path, default=None, help="where wsinfer's venv lives (default ~/.cache/medconv/...)")
     return p
 
 

@@ -28,7 +28,7 @@ RESULT = "RESULT "
 
 def run_command(cmd: list[str], timeout_s: float, cwd: str | None = None,
                 env: dict[str, str] | None = None) -> tuple[int | None, str, str]:
-    """(returncode or None on timeout, stdout, stderr); a timeout kills the whole process group.
+    """(returncode or None on timeout, stdout, stderr); a timeout (math.inf: none) kills the whole process group.
 
     The group matters: pytest and torch.compile start helper processes that would outlive a plain kill.
     """
@@ -36,13 +36,13 @@ def run_command(cmd: list[str], timeout_s: float, cwd: str | None = None,
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env,
                             start_new_session=True)
     try:
-        out, err = proc.communicate(timeout=max(timeout_s, 1))
+        out, err = proc.communicate(timeout=max(timeout_s, 1) if math.isfinite(timeout_s) else None)
         return proc.returncode, out, err
     except subprocess.TimeoutExpired:
         _kill_group(proc.pid)
         out, err = proc.communicate()  # what was printed before the timeout is kept
         return None, out, err
-    except BaseException:  # Ctrl-C: a new session gets no SIGINT from the terminal, so end it here
+    except BaseException:  # Ctrl-C: a child detached from the terminal gets no SIGINT, so end it here
         _kill_group(proc.pid)
         raise
 

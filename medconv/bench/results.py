@@ -1,4 +1,4 @@
-"""What `medconv bench models` writes: throughput ratios against timm, CSV / JSON / plot, the console table."""
+"""Benchmark rows as files: CSV (fixed columns), JSON (every field) and a memory / speed plot, each written atomically."""
 
 from __future__ import annotations
 
@@ -6,19 +6,6 @@ import csv
 from pathlib import Path
 
 from medconv.io.atomic import atomic_path, write_json
-
-
-def add_ratios(rows: list[dict]) -> None:
-    """medconv images/s over the bare-timm images/s of the same configuration (1.0 = no overhead)."""
-    def key(row: dict) -> tuple:
-        return tuple(row.get(k) for k in ("model", "height", "width", "batch_size", "precision", "attention", "mode"))
-
-    baseline = {key(r): r.get("images_per_s") for r in rows if r.get("impl") == "timm" and r.get("status") == "ok"}
-    for row in rows:
-        base = baseline.get(key(row))
-        ok = row.get("status") == "ok" and base
-        row["ratio_vs_timm"] = round(row["images_per_s"] / base, 3) if ok else None
-
 
 COLUMNS = [
     "model", "impl", "mode", "height", "width", "pixels", "batch_size", "precision", "attention",
@@ -79,17 +66,3 @@ def plot(rows: list[dict], path: Path) -> None:
     with atomic_path(path) as tmp:  # the temp name keeps .png, which savefig reads the format from
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
-
-
-def print_table(rows: list[dict]) -> None:
-    head = f"{'model':32} {'impl':7} {'mode':5} {'size':>10} {'bs':>4} {'precision':10} {'attn':9} {'img/s':>9} {'vs timm':>7} {'peak MiB':>9}  status"
-    print(head)
-    for r in rows:
-        size = f"{r['height']}x{r['width']}"
-        speed = r.get("images_per_s")
-        speed = f"{speed:9.2f}" if isinstance(speed, float) and speed == speed else f"{'-':>9}"
-        ratio = f"{r['ratio_vs_timm']:7.3f}" if r.get("ratio_vs_timm") else f"{'-':>7}"
-        peak = r.get("peak_mem_mb")
-        peak = f"{peak:9.0f}" if isinstance(peak, (int, float)) else f"{'-':>9}"
-        print(f"{r['model'][:32]:32} {r['impl']:7} {r['mode']:5} {size:>10} {r['batch_size']:>4} {r['precision']:10} "
-              f"{r['attention']:9} {speed} {ratio} {peak}  {r['status']}")

@@ -8,25 +8,8 @@ from collections.abc import Callable
 Fits = Callable[[int], bool]
 
 
-def largest_fitting(fits: Fits, start: int = 1, limit: int = 4096) -> int:
-    """Largest n in [start, limit] with fits(n), assuming fits is monotone; 0 if even `start` fails.
-
-    Doubles until a failure, then bisects between the last success and the first failure: no prior
-    knowledge needed, about 2 log2(n) trials.
-    """
-    if not fits(start):
-        return 0
-    good, bad = start, None
-    while bad is None and good < limit:
-        trial = min(good * 2, limit)
-        if fits(trial):
-            good = trial
-        else:
-            bad = trial
-    return _bisect(fits, good, bad)
-
-
-def _bisect(fits: Fits, good: int, bad: int | None) -> int:
+def bisect_largest(fits: Fits, good: int, bad: int | None) -> int:
+    """The largest n in [good, bad) with fits(n), given fits(good) and not fits(bad) (None: good is the answer)."""
     while bad is not None and bad - good > 1:
         mid = (good + bad) // 2
         if fits(mid):
@@ -83,5 +66,5 @@ def climb(trial: Callable[[int], dict], capacity: float, limit: int) -> list[dic
             bad = batch
             break
         good = batch
-    _bisect(fits, good, bad)
+    bisect_largest(fits, good, bad)
     return rows

@@ -37,7 +37,8 @@ class _Batches(Dataset):
         return {keys.IMAGE: self.x[i % len(self.x)], keys.LABEL: self.y[i % len(self.x)]}
 
 
-def _autocast(device: str, precision: str):
+def autocast(device: str, precision: str):
+    """The autocast context of a `--precision` value (bf16, 16, 32) on `device`."""
     if precision == "bf16":
         return torch.autocast(device_type=device, dtype=torch.bfloat16)
     if precision == "16":
@@ -73,7 +74,7 @@ def timed_loop(loss_fn, params, loader: DataLoader, steps: int, warmup: int, dev
             _sync(device)
             start = time.perf_counter()
         batch = {k: v.to(device, non_blocking=True) for k, v in next(it).items()}
-        with _autocast(device, precision):
+        with autocast(device, precision):
             loss = loss_fn(batch)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_loop_arguments(parser: argparse.ArgumentParser, size: int, batch: int, steps: int, warmup: int) -> None:
-    """The options every bare-loop-versus-medconv benchmark shares (train-overhead, ssl)."""
+    """The options every bare-loop-versus-medconv benchmark shares (train-overhead, benchmarks/ssl_overhead.py)."""
     parser.add_argument("--image-size", type=int, nargs=2, default=[size, size], metavar=("H", "W"))
     parser.add_argument("--in-chans", type=int, default=3)
     parser.add_argument("--batch", type=int, default=batch)

@@ -1,6 +1,7 @@
-"""Callbacks that write a run's files: evaluation reports and plots (RunOutputs), predictions (PredictionCSVWriter),
-pretrained encoders (EncoderExport), SSL monitors (RepresentationProbe, MaskPreview)."""
+"""Callbacks that write a run's files: evaluation reports and plots (RunOutputs), predictions (PredictionCSVWriter;
+BagPredictionWriter for MIL), pretrained encoders (EncoderExport), SSL monitors (RepresentationProbe, MaskPreview)."""
 
+from medconv.callbacks.bag_predictions import BagPredictionWriter
 from medconv.callbacks.encoder_export import EncoderExport
 from medconv.callbacks.files import run_dir
 from medconv.callbacks.mask_preview import MaskPreview
@@ -10,4 +11,5 @@ from medconv.callbacks.probe import RepresentationProbe
 
 RunSummary = RunOutputs  # the name configs saved before 0.2 use (docs/migration.md)
 
-__all__ = ["EncoderExport", "MaskPreview", "PredictionCSVWriter", "RepresentationProbe", "RunOutputs", "RunSummary", "run_dir"]
+__all__ = ["BagPredictionWriter", "EncoderExport", "MaskPreview", "PredictionCSVWriter", "RepresentationProbe", "RunOutputs",
+           "RunSummary", "run_dir"]

@@ -63,7 +63,19 @@ class ClassificationDataModule(L.LightningDataModule):
         # Pretraining (medconv.ssl.data.PretrainDataModule) sets False: a manifest without labels is then unlabelled.
         self.labels_required = True
 
+    #: what inference runs the model on: "mammo" (whole images), "mammo_patch" (sliding window over mammograms),
+    #: "wsi" (tiles of slides), "mil" (bags of slide features); written into every checkpoint
+    modality: str = ""
+
     # --- what subclasses provide -------------------------------------------------------------
+    def describe(self) -> dict:
+        """What inference must repeat, written into each checkpoint's run record: modality and preprocessing."""
+        return {"modality": self.modality, "preprocessing": self.preprocessing()}
+
+    def preprocessing(self) -> dict:
+        """The recipe from a file to the model's input (crop, flip, resize, tile geometry, normalisation)."""
+        return {}
+
     def load_table(self) -> pd.DataFrame:
         """The validated manifest (raises ManifestError listing every problem)."""
         raise NotImplementedError

@@ -7,7 +7,7 @@ Each kind takes `--difficulty`: `easy` (the default) is the standard set, on whi
 
 from __future__ import annotations
 
-from medconv.cli import dispatch
+from medconv.commands import dispatch
 
 KINDS = {
     "mammo": ("medconv.demo.mammo", "Screening-like mammogram exams (DICOM + 16-bit PNG), lesions, manifest; --difficulty easy|hard."),

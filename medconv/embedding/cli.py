@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from medconv.errors import ConfigError
-from medconv.inference.cli import _trainer_kwargs, add_run_arguments
+from medconv.slides.run_args import add_run_arguments, trainer_kwargs
 
 PROG = "medconv embed"
 
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medconv.cli import run_tool
+    from medconv.commands import run_tool
 
     return run_tool(build_parser(), run, argv, PROG)
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from medconv.embedding.encoders import load_encoder
     from medconv.embedding.run import embed_options, embed_slides, write_summary
-    from medconv.inference.slide_inputs import slide_jobs
+    from medconv.slides.jobs import slide_jobs
 
     image_size = parse_size(args.image_size)
     for name in ("tile_size", "batch_size"):
@@ -64,14 +64,14 @@ def run(args: argparse.Namespace) -> int:
         encoder = load_encoder(args.encoder, args.weights)
     for warning in caught:
         print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
-    trainer_kwargs = _trainer_kwargs(args)
+    run_kwargs = trainer_kwargs(args)
     options = embed_options(
         encoder, args.out, tile_size=args.tile_size, target_mpp=args.target_mpp, image_size=image_size,
         coords_dir=args.coords_dir, min_tissue=args.min_tissue, batch_size=args.batch_size, num_workers=args.num_workers,
-        overwrite=args.overwrite, backend=args.backend, pin_memory=trainer_kwargs["accelerator"] not in ("cpu",),
+        overwrite=args.overwrite, backend=args.backend, pin_memory=run_kwargs["accelerator"] not in ("cpu",),
         dtype=args.dtype, clam_pt=args.clam_pt,
     )
-    rows, is_main = embed_slides(jobs, encoder, options, trainer_kwargs)
+    rows, is_main = embed_slides(jobs, encoder, options, run_kwargs)
     rows += [{"slide": p.name, "path": str(p), "status": "skipped", "n_tiles": 0, "error": why} for p, why in not_slides]
     failed = [r for r in rows if r["status"] == "failed"]
     if is_main:

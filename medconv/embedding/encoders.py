@@ -25,6 +25,7 @@ from torch import nn
 
 from medconv.errors import CheckpointError, ConfigError, InputFileError
 from medconv.run_dirs import is_run
+from medconv.tiling.feature_store import encoder_fingerprint
 
 EXPORT_WEIGHTS = "encoder.safetensors"  # as medconv.callbacks.encoder_export writes them
 EXPORT_META = "encoder.json"
@@ -50,7 +51,7 @@ class Encoder:
 
     def fingerprint(self) -> str:
         """Identifies the encoder's computation (architecture, weights' sha256, normalisation), not where files lie."""
-        return fingerprint(self.info)
+        return encoder_fingerprint(self.info)
 
     def set_img_size(self, img_size: tuple[int, int]) -> None:
         """Take another input size: models that fix it (ViT, Swin) are resized as timm does; others take any size."""
@@ -62,11 +63,6 @@ class Encoder:
             self.module.set_input_size(img_size)
         self.img_size = img_size
         self.info["img_size"] = list(img_size)
-
-
-def fingerprint(info: dict[str, Any]) -> str:
-    keep = {k: v for k, v in info.items() if k not in ("weights", "checkpoint", "config", "export")}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_encoder(spec: str, weights: str | None = None, img_size: tuple[int, int] | None = None) -> Encoder:
@@ -223,21 +219,23 @@ def _data_value(data: dict, key: str) -> Any:
 
 
 def _checkpoint(path: Path, img_size: tuple[int, int] | None) -> Encoder:
-    from medconv.inference.checkpoint import find_checkpoint, load_model
+    """The backbone of a medconv classification or pretraining checkpoint, with its run's data settings."""
+    from medconv.runs import load_run
 
-    ckpt, _ = find_checkpoint(path)
-    try:
-        loaded = load_model(ckpt)
-    except CheckpointError as err:  # e.g. a pretraining checkpoint: its encoder export is what embeds
-        raise CheckpointError(f"{err} To embed with a pretraining run, pass its folder or its {EXPORT_WEIGHTS}.") from err
-    backbone = loaded.module.backbone.eval().requires_grad_(False)
+    loaded = load_run(path)
+    if loaded.task == "mil":
+        raise CheckpointError(f"{loaded.checkpoint}: a MIL checkpoint aggregates features, it does not embed tiles; pass "
+                              "the encoder its bags came from, a classification run or a pretraining run.")
+    backbone = loaded.module if loaded.task == "pretrain" else loaded.module.backbone
+    backbone = backbone.eval().requires_grad_(False)
     size = tuple(loaded.image_size)
-    info = {"kind": "checkpoint", "name": backbone.name, "in_chans": loaded.in_chans, "img_size": list(size),
-            "build_img_size": list(size), "model_args": dict(backbone.model_args), "num_features": _dim(backbone),
-            "checkpoint": str(loaded.checkpoint.resolve()), "checkpoint_sha256": sha256(loaded.checkpoint),
-            "config": str(loaded.config.resolve()), "mean": list(loaded.mean), "std": list(loaded.std),
+    mean, std = loaded.mean_std or (_imagenet() if loaded.in_chans == 3 else ((0.5,) * loaded.in_chans,) * 2)
+    info = {"kind": "checkpoint", "task": loaded.task, "name": backbone.name, "in_chans": loaded.in_chans,
+            "img_size": list(size), "build_img_size": list(size), "model_args": dict(backbone.model_args),
+            "num_features": _dim(backbone), "checkpoint": str(loaded.checkpoint.resolve()),
+            "checkpoint_sha256": sha256(loaded.checkpoint), "mean": list(mean), "std": list(std),
             "tile_size": loaded.tile_size, "target_mpp": loaded.target_mpp}
-    encoder = Encoder(backbone, info["num_features"], tuple(loaded.mean), tuple(loaded.std), loaded.in_chans, size,
+    encoder = Encoder(backbone, info["num_features"], tuple(mean), tuple(std), loaded.in_chans, size,
                       loaded.tile_size, loaded.target_mpp, info)
     if img_size is not None:
         encoder.set_img_size(img_size)

@@ -1,4 +1,4 @@
-"""Slides -> per-slide tile features, through the slide pipeline `medconv infer` uses (`predict_slides`).
+"""Slides -> per-slide tile features, on the slide engine `medconv infer` uses too (`medconv.slides`).
 
 The tiling, the uint8 loader, DDP sharding (each slide on exactly one process), on-device normalisation and the
 per-slide writer thread are shared; what differs is here: the module returns pooled features instead of class
@@ -18,11 +18,13 @@ import numpy as np
 import torch
 
 from medconv.embedding.encoders import Encoder
-from medconv.embedding.features import feature_paths, file_attrs, read_features, write_features, write_pt
 from medconv.errors import ConfigError
-from medconv.inference.predictor import TileModule
-from medconv.inference.slide_data import PreparedSlide, SlideJob, SlideRunOptions, run_params
-from medconv.inference.slide_run import predict_slides, write_rows
+from medconv.slides.data import SlideRunOptions, run_params
+from medconv.slides.jobs import SlideJob
+from medconv.slides.outputs import PreparedSlide, write_rows
+from medconv.slides.predict import predict_slides
+from medconv.slides.tile_module import TileModule
+from medconv.tiling.feature_store import feature_paths, file_attrs, read_features, write_features, write_pt
 
 PROG = "medconv embed"
 DEFAULT_TILE_SIZE = 224

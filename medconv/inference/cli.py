@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from medconv.errors import ConfigError
+from medconv.slides.run_args import add_run_arguments, trainer_kwargs
 
 PROG = "medconv infer"
 
@@ -44,30 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """What every slide pipeline command (infer, embed) takes: slide mpp, loader and Lightning devices/precision."""
-    p.add_argument("--slide-mpp", type=float, default=None, help="um/px for slides whose files lack it (overrides all)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", default="auto", help="DataLoader workers per process (auto: on a GPU all cores of "
-                   "the process's share but two, at most 16; on a CPU, where the model takes the cores, one per 8 cores)")
-    p.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu, ...")
-    p.add_argument("--devices", default="1", help="Lightning devices: a count, a list like 0,1, or auto")
-    p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp: each slide goes to one process")
-    p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--precision", default=None, help="Lightning precision; default: bf16/16 mixed (AMP) on GPU, bf16-mixed "
-                   "on CPUs with native bf16 (AVX512-BF16/AMX), else 32-true")
-
-
 def main(argv: list[str] | None = None) -> int:
-    from medconv.cli import run_tool
+    from medconv.commands import run_tool
 
     return run_tool(build_parser(), run, argv, PROG)
 
 
 def run(args: argparse.Namespace) -> int:
-    from medconv.inference.checkpoint import find_checkpoint, load_model
     from medconv.inference.heatmap import parse_aggregate
-    from medconv.inference.mil_model import is_mil_run
+    from medconv.runs import load_run
 
     try:
         aggregate = parse_aggregate(args.aggregate)
@@ -75,15 +61,22 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--aggregate: {err}") from err
     if not 0 <= args.threshold <= 1:
         raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
-    if is_mil_run(find_checkpoint(args.ckpt)[1]):
-        return _run_mil(args)
-    loaded = load_model(args.ckpt)
+    loaded = load_run(args.ckpt)
+    if loaded.task == "mil":
+        return _run_mil(loaded, args)
+    if loaded.task != "classify":
+        raise ConfigError(f"{loaded.checkpoint}: a {loaded.task} checkpoint, not a classifier; `medconv infer` runs "
+                          "classification and MIL checkpoints (embed with a pretraining run: `medconv embed`).")
     positive = _positive(loaded.classes, args.class_name)
     args.out.mkdir(parents=True, exist_ok=True)
-    if loaded.modality == "mammo":
-        from medconv.inference.mammo_run import run_mammo
+    if loaded.modality in ("mammo", "mammo_patch"):
+        from medconv.inference.mammo_run import predict_image, run_mammo
+        from medconv.inference.mammo_window import predict_window
 
-        return run_mammo(loaded, args, positive)
+        return run_mammo(loaded, args, positive, predict_window if loaded.modality == "mammo_patch" else predict_image)
+    if loaded.modality != "wsi":
+        raise ConfigError(f"{loaded.checkpoint}: its run record names modality {loaded.modality!r}; `medconv infer` runs "
+                          "mammo, mammo_patch, wsi and mil models.")
     return _run_wsi(loaded, args, aggregate, positive)
 
 
@@ -96,44 +89,46 @@ def _positive(classes: list[str], name: str | None) -> int:
 
 
 def _run_wsi(loaded, args: argparse.Namespace, aggregate, positive: int) -> int:  # noqa: ANN001
-    from medconv.inference.slide_data import InferOptions
-    from medconv.inference.slide_inputs import slide_jobs
     from medconv.inference.slide_outputs import SlideSettings
-    from medconv.inference.slide_run import run_slides
+    from medconv.inference.slide_scores import InferOptions, run_slides
+    from medconv.slides.jobs import slide_jobs
 
     target_mpp = args.target_mpp or loaded.target_mpp
     tile_size = args.tile_size or loaded.tile_size
     if not target_mpp or not tile_size:
-        raise ConfigError(f"{loaded.config}: the run's config names no target_mpp/tile_size; pass --target-mpp and --tile-size.")
+        raise ConfigError(f"{loaded.checkpoint}: its run record names no target_mpp/tile_size; pass --target-mpp and "
+                          "--tile-size.")
     jobs, not_slides = slide_jobs(args.inputs, exclude=[args.out], slide_mpp=args.slide_mpp)
     settings = SlideSettings(tuple(loaded.classes), positive, aggregate, args.threshold)
-    trainer_kwargs = _trainer_kwargs(args)
+    run_kwargs = trainer_kwargs(args)
     options = InferOptions(
         out_dir=args.out, settings=settings, model=loaded.fingerprint(), target_mpp=float(target_mpp), tile_size=int(tile_size),
         image_size=loaded.image_size, mean=loaded.mean, std=loaded.std, coords_dir=args.coords_dir,
         min_tissue=0.25 if args.min_tissue is None else args.min_tissue,
         batch_size=args.batch_size, num_workers=args.num_workers, overwrite=args.overwrite, backend=args.backend,
-        pin_memory=trainer_kwargs["accelerator"] not in ("cpu",),
+        pin_memory=run_kwargs["accelerator"] not in ("cpu",),
     )
-    rows, is_main = run_slides(jobs, options, loaded.module, trainer_kwargs)
+    rows, is_main = run_slides(jobs, options, loaded.module, run_kwargs)
     rows += [{"slide": p.name, "path": str(p), "status": "skipped", "n_tiles": 0, "error": why} for p, why in not_slides]
     return _report(args, rows, loaded.classes, is_main)
 
 
-def _run_mil(args: argparse.Namespace) -> int:
-    from medconv.inference.mil_model import load_mil_model
+def _run_mil(loaded, args: argparse.Namespace) -> int:  # noqa: ANN001
     from medconv.inference.mil_run import run_mil
 
-    loaded = load_mil_model(args.ckpt)
+    if (loaded.record.get("model") or {}).get("init_args", {}).get("encoder") or loaded.preprocessing.get("bag_source") == "tiles":
+        raise ConfigError(f"{loaded.checkpoint}: an end-to-end MIL run (bag_source: tiles, an encoder trained through the "
+                          "bags); `medconv infer` runs MIL models on feature bags only for now. Embed the slides with the "
+                          "run's encoder yourself, or train on `medconv embed` features (configs/wsi_abmil.yaml).")
     positive = _positive(loaded.classes, args.class_name)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = run_mil(loaded, args, positive, _trainer_kwargs(args))
+    rows = run_mil(loaded, args, positive, trainer_kwargs(args))
     return _report(args, rows, loaded.classes, True)
 
 
 def _report(args: argparse.Namespace, rows: list[dict], classes: list[str], is_main: bool) -> int:
     """summary.csv, the counts and failures on stderr, and the heatmaps' quality against --masks."""
-    from medconv.inference.slide_run import write_summary
+    from medconv.inference.slide_scores import write_summary
 
     failed = [r for r in rows if r["status"] == "failed"]
     if is_main:
@@ -148,29 +143,6 @@ def _report(args: argparse.Namespace, rows: list[dict], classes: list[str], is_m
 
             print_quality(evaluate_dir(args.out, args.masks, [r["slide"] for r in rows if r["status"] != "failed"]))
     return 1 if failed else 0
-
-
-def _trainer_kwargs(args: argparse.Namespace) -> dict:
-    import torch
-
-    from medconv.inference.loader_workers import loader_workers
-    from medconv.lightning_cli import inference_precision
-
-    devices: int | str | list[int] = args.devices
-    if isinstance(devices, str) and devices.isdigit():
-        devices = int(devices)
-    elif isinstance(devices, str) and "," in devices:
-        devices = [int(d) for d in devices.split(",") if d]
-    accelerator = args.accelerator
-    if accelerator == "auto":
-        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    precision = args.precision or inference_precision(accelerator)
-    try:  # resolved here, where the accelerator and devices are known (every slide command passes through)
-        args.num_workers = loader_workers(args.num_workers, accelerator, devices)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    return {"accelerator": accelerator, "devices": devices, "strategy": args.strategy, "num_nodes": args.num_nodes,
-            "precision": precision}
 
 
 if __name__ == "__main__":

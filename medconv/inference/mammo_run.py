@@ -2,8 +2,9 @@
 per exam (max over views, as the training metrics), and a Grad-CAM overlay per image in original pixels.
 
 Outputs in --out: predictions.csv (one row per image, status + error), predictions_breast.csv,
-predictions_exam.csv, saliency/<image>_saliency.png. A rerun with the same checkpoint keeps the images already
-done (their rows and overlays) and runs the rest.
+predictions_exam.csv, saliency/<image>_saliency.png (the overlay) and saliency/<image>.npy (the map itself:
+float16 in [0, 1], the original image's height x width, 1 = the strongest evidence for the positive class). A rerun with the same checkpoint keeps the images already
+done (their rows, overlays and maps) and runs the rest.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,11 @@ import pandas as pd
 import torch
 
 from medconv.errors import ManifestError, MedconvError
-from medconv.io.atomic import write_json, write_text
+from medconv.io.atomic import save_npy, write_json, write_text
 from medconv.tiling.inputs import find_inputs
 
+#: (run, manifest row, positive class, device) -> (class probabilities, map in original pixels, original pixels)
+Predict = Callable[[Any, dict, int, torch.device], tuple[np.ndarray, np.ndarray, np.ndarray]]
 MAMMO_SUFFIXES = {".png", ".dcm", ".dicom", ".pgm"}
 ID_COLUMNS = ("image_path", "patient_id", "exam_id", "laterality", "view")
 
@@ -91,7 +95,10 @@ def group_predictions(images: pd.DataFrame, columns: list[str], prob_columns: li
     return out.reset_index()
 
 
-def run_mammo(loaded: Any, args: argparse.Namespace, positive: int) -> int:
+def run_mammo(loaded: Any, args: argparse.Namespace, positive: int, predict: Predict | None = None) -> int:
+    """`predict`: `predict_image` (a whole-image classifier: Grad-CAM map) by default, or
+    `mammo_window.predict_window` (a patch classifier as a sliding window: the patch-probability map)."""
+    predict = predict or predict_image
     from tqdm import tqdm
 
     from medconv.inference.saliency import overlay
@@ -111,8 +118,10 @@ def run_mammo(loaded: Any, args: argparse.Namespace, positive: int) -> int:
             continue
         start = time.perf_counter()
         overlay_path = out / "saliency" / f"{row['image_id']}_saliency.png"
+        map_path = out / "saliency" / f"{row['image_id']}.npy"
         try:
-            probs, cam, pixels = predict_image(loaded, row, positive, device)
+            probs, cam, pixels = predict(loaded, row, positive, device)
+            save_npy(map_path, cam.astype(np.float16))
             write_png(overlay_path, overlay(pixels, cam))
         except (MedconvError, OSError, ValueError) as err:
             rows.append({**row, "status": "failed", "error": str(err), "seconds": round(time.perf_counter() - start, 3)})
@@ -121,8 +130,10 @@ def run_mammo(loaded: Any, args: argparse.Namespace, positive: int) -> int:
             classes[1 - positive] if len(classes) == 2 else classes[int(probs.argmax())]
         rows.append({**row, "status": "ok", **dict(zip(prob_columns, probs.tolist(), strict=True)),
                      "score": float(probs[positive]), "predicted_class": predicted, "overlay": str(overlay_path.relative_to(out)),
+                     "saliency_map": str(map_path.relative_to(out)),
                      "seconds": round(time.perf_counter() - start, 3), "error": ""})
-    columns = ["image_id", *ID_COLUMNS, "status", *prob_columns, "score", "predicted_class", "overlay", "seconds", "error"]
+    columns = ["image_id", *ID_COLUMNS, "status", *prob_columns, "score", "predicted_class", "overlay", "saliency_map", "seconds",
+               "error"]
     images = pd.DataFrame(rows).reindex(columns=columns)
     write_text(out / "predictions.csv", images.to_csv(index=False, lineterminator="\n"))
     breast = group_predictions(images, ["exam_id", "laterality"], prob_columns)
@@ -139,7 +150,8 @@ def run_mammo(loaded: Any, args: argparse.Namespace, positive: int) -> int:
 
 
 def _previous(out: Path, fingerprint: str) -> dict[str, dict]:
-    """Rows of a previous run with the same checkpoint whose overlay exists: those images are done."""
+    """Rows of a previous run with the same checkpoint whose overlay and map exist: those images are done (a run
+    from before the maps were written is redone: its overlays were drawn with the flipped Grad-CAM)."""
     params, csv = out / "infer_params.json", out / "predictions.csv"
     if not params.is_file() or not csv.is_file():
         return {}
@@ -150,4 +162,5 @@ def _previous(out: Path, fingerprint: str) -> dict[str, dict]:
     except (ValueError, OSError):
         return {}
     table = table[table["status"].isin(["ok", "skipped"])]
-    return {r["image_path"]: r for r in table.to_dict("records") if (out / str(r["overlay"])).is_file()}
+    return {r["image_path"]: r for r in table.to_dict("records")
+            if (out / str(r["overlay"])).is_file() and (out / str(r.get("saliency_map") or "-")).is_file()}

@@ -5,6 +5,10 @@ model was trained on, else embedded now with that encoder (the checkpoint's `fea
 The encoder record says the encoder, not the tiling of the training bags (a timm encoder has no tile size of its
 own), so the tile size, mpp, tissue threshold and dtype are read from a feature file of the same encoder: one in
 --features-dir, else one of the run's training bags; `--tile-size` / `--target-mpp` override them.
+
+The slides are embedded by `medconv.embedding.run.embed_slides`, the same writer `medconv embed` runs on the slide
+engine, so the files are exactly those `medconv embed` would write. The dependency is one way: `inference`
+imports `embedding`, never the reverse; both stand on `medconv.slides`.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ from typing import Any
 import h5py
 import pandas as pd
 
-from medconv.embedding.encoders import fingerprint
-from medconv.embedding.features import FORMAT as FEATURES_FORMAT
 from medconv.errors import ConfigError, InputFileError
-from medconv.inference.mil_model import LoadedMIL
-from medconv.inference.slide_data import SlideJob
+from medconv.runs import Run
+from medconv.slides.jobs import SlideJob
 from medconv.tiling.coords_store import plain_attr
+from medconv.tiling.feature_store import FORMAT as FEATURES_FORMAT
+from medconv.tiling.feature_store import encoder_fingerprint
 from medconv.tiling.slide_tiler import source_fingerprint
 
 FEATURES_SUBDIR = "features"
@@ -44,7 +48,7 @@ def feature_attrs(path: Path) -> tuple[dict[str, Any], tuple[int, ...]]:
         raise InputFileError(f"{path}: unreadable HDF5 ({err}); delete it and re-run `medconv embed`.") from err
 
 
-def check_features(path: Path, job: SlideJob, loaded: LoadedMIL) -> dict[str, Any]:
+def check_features(path: Path, job: SlideJob, loaded: Run) -> dict[str, Any]:
     """The file's attributes when it holds this slide's features from the model's encoder; else a clear error."""
     attrs, shape = feature_attrs(path)
     if attrs.get("format") == FEATURES_FORMAT and not attrs.get("complete"):
@@ -59,11 +63,11 @@ def check_features(path: Path, job: SlideJob, loaded: LoadedMIL) -> dict[str, An
             raise InputFileError(f"{path}: has no `encoder` record (not made by `medconv embed`), so it cannot be checked "
                                  f"against the encoder {wanted.get('name')!r} the model was trained on; remove it from "
                                  "--features-dir (or leave out --features-dir) to embed the slide now.")
-        if fingerprint(record) != fingerprint(wanted):
+        if encoder_fingerprint(record) != encoder_fingerprint(wanted):
             raise InputFileError(
-                f"{path}: made with encoder {record.get('name')!r} (fingerprint {fingerprint(record)}), but "
+                f"{path}: made with encoder {record.get('name')!r} (fingerprint {encoder_fingerprint(record)}), but "
                 f"{loaded.checkpoint.name} was trained on features of {wanted.get('name')!r} (fingerprint "
-                f"{fingerprint(wanted)}); pass the features folder `medconv embed` made with that encoder, or leave "
+                f"{encoder_fingerprint(wanted)}); pass the features folder `medconv embed` made with that encoder, or leave "
                 "out --features-dir to embed the slide now.")
     if attrs.get("source_size") is not None and int(attrs["source_size"]) != source_fingerprint(job.path)[0]:
         raise InputFileError(f"{path}: made from a slide file of {attrs['source_size']} bytes, not {job.path} "
@@ -71,7 +75,7 @@ def check_features(path: Path, job: SlideJob, loaded: LoadedMIL) -> dict[str, An
     return attrs
 
 
-def locate_features(jobs: list[SlideJob], loaded: LoadedMIL, features_dir: Path | None,
+def locate_features(jobs: list[SlideJob], loaded: Run, features_dir: Path | None,
                     ) -> tuple[dict[str, Path], list[SlideJob], dict[str, str]]:
     """(slide -> checked feature file from --features-dir, slides to embed now, slide -> error)."""
     found: dict[str, Path] = {}
@@ -94,24 +98,24 @@ def locate_features(jobs: list[SlideJob], loaded: LoadedMIL, features_dir: Path 
     return found, to_embed, errors
 
 
-def training_tiling(loaded: LoadedMIL, candidates: list[Path]) -> tuple[dict[str, Any], str]:
+def training_tiling(loaded: Run, candidates: list[Path]) -> tuple[dict[str, Any], str]:
     """Tile size, mpp, tissue threshold and dtype of a feature file by the model's encoder: the first of
     `candidates` (--features-dir files), else one of the run's training bags; ({}, "") when none is found."""
     if loaded.feature_tiling.get("tile_size") and loaded.feature_tiling.get("target_mpp"):  # recorded at fit
         return {k: v for k, v in loaded.feature_tiling.items() if k in TILING_KEYS and v is not None}, "the checkpoint"
-    wanted = fingerprint(loaded.feature_encoder or {})
+    wanted = encoder_fingerprint(loaded.feature_encoder or {})
     for path in [*candidates, *_training_files(loaded)]:
         try:
             attrs, _ = feature_attrs(path)
         except InputFileError:
             continue
         record = _record(attrs)
-        if record is not None and fingerprint(record) == wanted and attrs.get("tile_size") and attrs.get("target_mpp"):
+        if record is not None and encoder_fingerprint(record) == wanted and attrs.get("tile_size") and attrs.get("target_mpp"):
             return {k: attrs[k] for k in TILING_KEYS if attrs.get(k) is not None}, str(path)
     return {}, ""
 
 
-def embed_now(jobs: list[SlideJob], loaded: LoadedMIL, args: argparse.Namespace, trainer_kwargs: dict[str, Any],
+def embed_now(jobs: list[SlideJob], loaded: Run, args: argparse.Namespace, trainer_kwargs: dict[str, Any],
               found: list[Path]) -> tuple[dict[str, Path], dict[str, str], dict[str, float]]:
     """Embed `jobs` into <out>/features with the model's encoder; (slide -> file, slide -> error, slide -> seconds)."""
     from medconv.embedding.encoders import encoder_from_info
@@ -154,12 +158,12 @@ def _record(attrs: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
-def _training_files(loaded: LoadedMIL, limit: int = 3) -> list[Path]:
+def _training_files(loaded: Run, limit: int = 3) -> list[Path]:
     """A few of the run's training bags, found as `MILDataModule` finds them (features_path, or the features folder
     of the row or of the config, by slide id or slide file stem); relative paths tried from the working directory
     and the folders above the run."""
     data = loaded.data_args
-    bases = [Path.cwd(), *loaded.config.resolve().parents]
+    bases = [Path.cwd(), *loaded.checkpoint.resolve().parents]
     manifest = next((b / data["manifest"] for b in bases if data.get("manifest") and (b / data["manifest"]).is_file()), None)
     if manifest is None:
         return []

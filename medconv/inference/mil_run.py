@@ -20,24 +20,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from medconv.embedding.features import read_features
 from medconv.errors import ConfigError
 from medconv.inference.heatmap import Aggregation
 from medconv.inference.mil_features import embed_now, locate_features
-from medconv.inference.mil_model import LoadedMIL
-from medconv.inference.slide_data import SlideJob, _complete_attrs, failed_row
 from medconv.inference.slide_outputs import SlideSettings, finished, thumbnail_for, write_slide_outputs
+from medconv.runs import Run
+from medconv.slides.data import complete_attrs
+from medconv.slides.jobs import SlideJob
+from medconv.slides.outputs import failed_row
 from medconv.tiling.coords_store import read_coords
+from medconv.tiling.feature_store import read_features
 from medconv.tiling.slide_tiler import source_fingerprint
 
 MAP_LABEL = "attention / max attention"
 MAP_MEASURE = "attention_rel"  # its GeoJSON measurement (tiles) and the regions' max_/mean_ prefix
 
 
-def run_mil(loaded: LoadedMIL, args: argparse.Namespace, positive: int, trainer_kwargs: dict[str, Any],
+def run_mil(loaded: Run, args: argparse.Namespace, positive: int, trainer_kwargs: dict[str, Any],
             ) -> list[dict[str, Any]]:
     """Summary rows of every slide: skipped when done, else features found or embedded, then the model run."""
-    from medconv.inference.slide_inputs import slide_jobs
+    from medconv.slides.jobs import slide_jobs
 
     if trainer_kwargs["devices"] not in (1, "1", [0]) or trainer_kwargs["num_nodes"] != 1:
         raise ConfigError("MIL inference runs in one process; embed on several devices with `medconv embed ... --devices N` "
@@ -81,7 +83,7 @@ def run_mil(loaded: LoadedMIL, args: argparse.Namespace, positive: int, trainer_
     return sorted(rows, key=lambda r: r["slide"])
 
 
-def mil_run_params(job: SlideJob, loaded: LoadedMIL) -> dict[str, Any]:
+def mil_run_params(job: SlideJob, loaded: Run) -> dict[str, Any]:
     """What a finished slide's outputs must match: the checkpoint and the slide file."""
     size, mtime_ns = source_fingerprint(job.path)
     return {"model": loaded.fingerprint(), "source_size": size, "source_mtime_ns": mtime_ns,
@@ -118,7 +120,7 @@ def relative_attention(attention: np.ndarray) -> np.ndarray:
     return attention / top if top > 0 else np.zeros_like(attention)
 
 
-def infer_slide(job: SlideJob, features_path: Path, loaded: LoadedMIL, settings: SlideSettings, run: dict[str, Any],
+def infer_slide(job: SlideJob, features_path: Path, loaded: Run, settings: SlideSettings, run: dict[str, Any],
                 args: argparse.Namespace, device: torch.device, amp: bool, start: float) -> dict[str, Any]:
     """Run the model on the slide's bag and write h5 / PNG / GeoJSON; the summary row."""
     from medconv.io.slide import open_slide
@@ -127,7 +129,7 @@ def infer_slide(job: SlideJob, features_path: Path, loaded: LoadedMIL, settings:
     if bag.coords is None:
         raise ConfigError(f"{features_path}: features without coords; heatmaps need each tile's position.")
     _, store_attrs = read_coords(features_path)
-    store_attrs = _complete_attrs(job, store_attrs)
+    store_attrs = complete_attrs(job, store_attrs)
     n, classes = len(bag.features), settings.classes
     scores = np.zeros((n, len(classes)), np.float32)
     extra: dict[str, np.ndarray] = {}

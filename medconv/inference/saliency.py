@@ -22,11 +22,22 @@ def last_stage(module: nn.Module) -> str:
     return f"backbone.model.{names[-1]}"
 
 
+def scale_each(maps: torch.Tensor) -> torch.Tensor:
+    """Each map of the batch min-max scaled to [0, 1], its direction kept (1 = the strongest evidence for the
+    class); a flat map becomes 0. MONAI's default GradCAM postprocessing maps (min, max) to (1, 0), which turns
+    the strongest evidence into the weakest."""
+    flat = maps.flatten(1)
+    low = flat.amin(1).view(-1, *[1] * (maps.ndim - 1))
+    span = (flat.amax(1) - flat.amin(1)).view(-1, *[1] * (maps.ndim - 1))
+    return torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
+
+
 def grad_cam(module: nn.Module, images: torch.Tensor, class_index: int) -> np.ndarray:
-    """(B, H, W) Grad-CAM maps in [0, 1] at the input's size, for `class_index`."""
+    """(B, H, W) Grad-CAM maps in [0, 1] at the input's size, for `class_index`: high where the last stage's
+    features raise that class's logit."""
     from monai.visualize import GradCAM
 
-    cam = GradCAM(nn_module=module, target_layers=last_stage(module))
+    cam = GradCAM(nn_module=module, target_layers=last_stage(module), postprocessing=scale_each)
     with torch.enable_grad():
         maps = cam(x=images.requires_grad_(True), class_idx=class_index)
     return maps[:, 0].detach().float().cpu().numpy()

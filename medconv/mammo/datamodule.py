@@ -9,21 +9,26 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from medconv.data.datamodule import ClassificationDataModule
+from medconv.data.demo_source import DemoSource, make_demo, with_deprecated_keys
 from medconv.data.manifest import raise_if_problems, validate_manifest
-from medconv.demo.difficulty import check_difficulty
 from medconv.errors import InputFileError
-from medconv.mammo.dataset import MammoDataset, load_prepared
+from medconv.mammo.dataset import MammoDataset, load_prepared, mammo_recipe
 from medconv.mammo.transforms import MammoAugment, mammo_train_transforms
 
 REQUIRED = ("image_path", "label", "patient_id")
 OPTIONAL = ("exam_id", "laterality", "view", "split", "mask_path", "boxes")
 DEMO_CLASSES = ["negative", "positive"]
+DEMO = "medconv.demo.MammoDemo"  # the default demo source, named (medconv.demo is a leaf: never imported here)
+#: the init args that configured the demo set before the `demo` object (docs/migration.md) -> its field now
+DEMO_KEYS = {"demo_dir": "root", "demo_patients": "n_patients", "demo_seed": "seed", "demo_image_size": "image_size",
+             "demo_lesion_contrast": "lesion_contrast", "demo_difficulty": "difficulty"}
 
 
 class MammoDataModule(ClassificationDataModule):
     """Manifest columns: image_path, label, patient_id [, exam_id, laterality, view, split, mask_path, boxes].
 
-    Without a manifest, the synthetic demo set (`medconv demo-data mammo`) is generated into `demo_dir`.
+    Without a manifest, `demo` makes the data: by default `medconv.demo.MammoDemo()`, the synthetic set of
+    `medconv demo-data mammo` in medconv_data/demo_mammo (the `demo_*` init args are its deprecated spelling).
     Every image is read and prepared once before training (in `prepare_data`, on one process), which
     both fills the cache and reports every unreadable file or image without a breast in one message.
     """
@@ -37,12 +42,13 @@ class MammoDataModule(ClassificationDataModule):
         balanced_sampling: bool = False,
         augment: MammoAugment | None = None,
         cache_dir: str | None = "medconv_data/cache",
-        demo_dir: str = "medconv_data/demo_mammo",
-        demo_patients: int = 120,
-        demo_seed: int = 0,
-        demo_image_size: tuple[int, int] = (1024, 800),
-        demo_lesion_contrast: tuple[float, float] = (0.15, 0.4),
-        demo_difficulty: str = "easy",
+        demo: DemoSource | None = None,
+        demo_dir: str | None = None,  # deprecated (DEMO_KEYS): set in `demo` instead
+        demo_patients: int | None = None,
+        demo_seed: int | None = None,
+        demo_image_size: tuple[int, int] | None = None,
+        demo_lesion_contrast: tuple[float, float] | None = None,
+        demo_difficulty: str | None = None,
         **kwargs,  # the base's: manifest, classes, val/test/label fractions, seed, predict_split
     ):
         super().__init__(
@@ -51,12 +57,14 @@ class MammoDataModule(ClassificationDataModule):
         )
         self.augment = augment if augment is not None else MammoAugment()
         self.cache_dir = cache_dir
-        self.demo_dir = demo_dir
-        self.demo_patients = demo_patients
-        self.demo_seed = demo_seed
-        self.demo_image_size = tuple(demo_image_size)
-        self.demo_lesion_contrast = tuple(demo_lesion_contrast)
-        self.demo_difficulty = check_difficulty(demo_difficulty)  # easy | hard: the demo set lives in <demo_dir>_hard
+        given = locals()
+        demo = with_deprecated_keys(demo, {key: given[key] for key in DEMO_KEYS}, DEMO_KEYS, DEMO, type(self).__name__)
+        self.demo = demo if demo is not None or self.manifest is not None else make_demo(DEMO)
+
+    modality = "mammo"
+
+    def preprocessing(self) -> dict:
+        return mammo_recipe(self.image_size)
 
     @property
     def eval_groups(self) -> dict[str, list[str]]:
@@ -69,10 +77,7 @@ class MammoDataModule(ClassificationDataModule):
     def manifest_path(self) -> Path:
         if self.manifest is not None:
             return Path(self.manifest)
-        from medconv.demo.mammo import demo_manifest
-
-        return demo_manifest(self.demo_dir, self.demo_patients, self.demo_seed, self.demo_image_size, self.demo_lesion_contrast,
-                             self.demo_difficulty)
+        return self.demo.manifest()
 
     def load_table(self) -> pd.DataFrame:
         table, problems = self._validated()

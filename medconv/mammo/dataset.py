@@ -86,6 +86,12 @@ class MammoDataset(Dataset):
         return mammo_sample(image, int(row["label_index"]), row, self.in_chans)
 
 
+def mammo_recipe(image_size: tuple[int, int]) -> dict:
+    """The whole-image preprocessing `mammo.prep.preprocess` applies, as recorded in checkpoints."""
+    return {"steps": ["breast_crop", "chest_wall_left", "resize_keep_aspect", "zero_pad"], "image_size": list(image_size),
+            "intensity": "[0, 1] per image, then (x - mean) / std", "mean": [MEAN], "std": [STD]}
+
+
 def mammo_sample(image: np.ndarray, label: int, row: dict, in_chans: int = 1, **extra: object) -> dict:
     """The sample dict of a mammogram or a patch of one: normalised tensor plus the ids that per-breast and
     per-exam metrics group by (an exam defaults to the patient)."""

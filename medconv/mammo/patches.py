@@ -17,11 +17,12 @@ from torch.utils.data import Dataset
 
 from medconv import keys
 from medconv.data.datamodule import ClassificationDataModule
+from medconv.data.demo_source import DemoSource, make_demo, with_deprecated_keys
 from medconv.data.manifest import raise_if_problems, read_manifest
 from medconv.data.samplers import decode_draw
-from medconv.demo.difficulty import check_difficulty
 from medconv.errors import ConfigError, InputFileError
-from medconv.mammo.dataset import mammo_sample
+from medconv.mammo.datamodule import DEMO, DEMO_KEYS
+from medconv.mammo.dataset import MEAN, STD, mammo_sample
 from medconv.mammo.patch_prep import UNLABELLED, PatchOptions, parse_boxes, prepare_all
 from medconv.mammo.transforms import MammoAugment, mammo_train_transforms
 
@@ -81,7 +82,8 @@ class MammoPatchDataset(Dataset):
 # --- datamodule ------------------------------------------------------------------------------------
 class MammoPatchDataModule(ClassificationDataModule):
     """Patch classification on a mammogram manifest (image_path, label, patient_id [, exam_id, laterality,
-    view, split, mask_path, boxes, pixel_spacing_mm]); without a manifest, the synthetic demo set.
+    view, split, mask_path, boxes, pixel_spacing_mm]); without a manifest, `demo` makes the data (by default
+    `medconv.demo.MammoDemo()`, the same set as `MammoDataModule`'s; the `demo_*` init args are deprecated).
 
     Rows are images (split by patient); their `label` becomes `positive_class` when the image has a lesion
     mask or boxes, else `negative_class`, so splits are stratified by lesion presence. An unannotated image
@@ -108,12 +110,13 @@ class MammoPatchDataModule(ClassificationDataModule):
         positive_class: str = "lesion",
         augment: MammoAugment | None = None,
         cache_dir: str | None = "medconv_data/cache_patches",
-        demo_dir: str = "medconv_data/demo_mammo",
-        demo_patients: int = 120,
-        demo_seed: int = 0,
-        demo_image_size: tuple[int, int] = (1024, 800),
-        demo_lesion_contrast: tuple[float, float] = (0.15, 0.4),
-        demo_difficulty: str = "easy",
+        demo: DemoSource | None = None,
+        demo_dir: str | None = None,  # deprecated (DEMO_KEYS): set in `demo` instead
+        demo_patients: int | None = None,
+        demo_seed: int | None = None,
+        demo_image_size: tuple[int, int] | None = None,
+        demo_lesion_contrast: tuple[float, float] | None = None,
+        demo_difficulty: str | None = None,
         **kwargs,  # the base's: manifest, classes, val/test/label fractions, seed, predict_split
     ):
         super().__init__(
@@ -129,13 +132,23 @@ class MammoPatchDataModule(ClassificationDataModule):
         self.negative_class, self.positive_class = negative_class, positive_class
         self.augment = augment if augment is not None else MammoAugment(scale=0.0, translate=0.0, rotate=0.0)
         self.cache_dir = cache_dir
-        self.demo_dir, self.demo_patients, self.demo_seed = demo_dir, demo_patients, demo_seed
-        self.demo_image_size, self.demo_lesion_contrast = tuple(demo_image_size), tuple(demo_lesion_contrast)
-        self.demo_difficulty = check_difficulty(demo_difficulty)  # easy | hard: the demo set lives in <demo_dir>_hard
+        given = locals()
+        demo = with_deprecated_keys(demo, {key: given[key] for key in DEMO_KEYS}, DEMO_KEYS, DEMO, type(self).__name__)
+        self.demo = demo if demo is not None or self.manifest is not None else make_demo(DEMO)
         self._prepared: dict[str, dict] | None = None
 
     def default_classes(self) -> list[str] | None:
         return [self.negative_class, self.positive_class]
+
+    modality = "mammo_patch"
+
+    def preprocessing(self) -> dict:
+        """Patches of the prepared mammogram resampled to `spacing_mm`, as a sliding window must cut them."""
+        o = self.options
+        return {"steps": ["breast_crop", "chest_wall_left", "resample_to_spacing", "patches"], "spacing_mm": o.spacing_mm,
+                "patch_size": o.patch_size, "overlap": o.overlap, "min_breast": o.min_breast,
+                "pixel_spacing_mm": self.pixel_spacing_mm, "positive_class": self.positive_class,
+                "mean": [MEAN], "std": [STD]}
 
     @property
     def eval_groups(self) -> dict[str, list[str]]:
@@ -145,10 +158,7 @@ class MammoPatchDataModule(ClassificationDataModule):
     def manifest_path(self) -> Path:
         if self.manifest is not None:
             return Path(self.manifest)
-        from medconv.demo.mammo import demo_manifest
-
-        return demo_manifest(self.demo_dir, self.demo_patients, self.demo_seed, self.demo_image_size, self.demo_lesion_contrast,
-                             self.demo_difficulty)
+        return self.demo.manifest()
 
     def load_table(self) -> pd.DataFrame:
         path = self.manifest_path()

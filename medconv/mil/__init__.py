@@ -1,12 +1,25 @@
-"""Multiple-instance learning from slide labels: aggregators over bags of tile features (ABMIL, CLAM-SB, TransMIL),
-bag datasets and their padding collate, and the slide-level datamodule."""
+"""Multiple-instance learning data from slide labels: bag datasets (feature files or tile images) and their padding
+collate, and the slide-level datamodule. The MIL networks (ABMIL, CLAM-SB, TransMIL) are `medconv.models.mil`."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
 
 from medconv.mil.bags import FeatureBagDataset, collate_bags
-from medconv.mil.clam import CLAMSB
 from medconv.mil.datamodule import MILDataModule
-from medconv.mil.pooling import ABMIL, GatedAttention, MILOutput
 from medconv.mil.tile_bags import TileBagDataset
-from medconv.mil.transmil import TransMIL
 
-__all__ = ["ABMIL", "CLAMSB", "FeatureBagDataset", "GatedAttention", "MILDataModule", "MILOutput", "TileBagDataset", "TransMIL",
-           "collate_bags"]
+# Class paths that configs saved before the networks moved to medconv.models.mil still name (docs/migration.md).
+_MOVED = {name: "medconv.models.mil" for name in ("ABMIL", "CLAMSB", "GatedAttention", "MILOutput", "TransMIL")}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        warnings.warn(f"medconv.mil.{name} moved to {_MOVED[name]}.{name}; update the config's class_path", FutureWarning,
+                      stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'medconv.mil' has no attribute {name!r}")
+
+
+__all__ = ["FeatureBagDataset", "MILDataModule", "TileBagDataset", "collate_bags"]

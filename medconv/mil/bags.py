@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from medconv import keys
 from medconv.data.samplers import decode_draw
-from medconv.embedding.features import open_file_attrs, read_features
+from medconv.tiling.feature_store import open_file_attrs, read_features
 
 # Keys whose first dimension is the bag's instances: padded by `collate_bags`.
 INSTANCE_KEYS = (keys.FEATURES, keys.IMAGE, keys.COORDS)

@@ -16,17 +16,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medconv.data.datamodule import ClassificationDataModule
+from medconv.data.demo_source import DemoSource, make_demo, with_deprecated_keys
 from medconv.data.manifest import raise_if_problems, validate_manifest
-from medconv.embedding.encoders import fingerprint
-from medconv.embedding.features import read_features
 from medconv.errors import ConfigError, MedconvError
 from medconv.mil.bags import FeatureBagDataset, bag_header, collate_bags
-from medconv.mil.demo import MILDemo, demo_manifest
 from medconv.mil.tile_bags import TileBagDataset
+from medconv.tiling.feature_store import encoder_fingerprint as fingerprint
+from medconv.tiling.feature_store import read_features
 from medconv.wsi.transforms import IMAGENET_MEAN, IMAGENET_STD, HEAugment, he_train_transforms
 
 REQUIRED = ("label", "patient_id")
 DEMO_CLASSES = ["normal", "tumor"]
+DEMO = "medconv.demo.MILDemo"  # the default demo source, named (medconv.demo is a leaf: never imported here)
+#: the fields of the plain `demo:` mapping (no class_path) that configs had before `medconv.demo.MILDemo` -> its fields
+DEMO_KEYS = {"dir": "root", "slides": "n_slides", "seed": "seed", "slide_size": "slide_size", "difficulty": "difficulty",
+             "encoder": "encoder", "tile_size": "tile_size", "target_mpp": "target_mpp"}
 TILING = ("tile_size", "target_mpp", "min_tissue", "image_size", "dtype")
 BAG_SOURCES = ("features", "tiles")
 
@@ -48,7 +52,8 @@ class MILDataModule(ClassificationDataModule):
         tiles_per_bag: tiles sampled per slide and step (tiles); `eval_tiles_per_bag` evenly spaced tiles in
             evaluation (None: all).
         batch_size: slides per batch; bags are padded to the largest with a mask (`collate_bags`).
-        demo: without a manifest, the demo set (`medconv.mil.demo.MILDemo`: slides, tiling, encoder) is made and used.
+        demo: without a manifest, what makes the bags: by default `medconv.demo.MILDemo()` (demo slides, tiled and
+            embedded once). A plain mapping of its old fields (`dir`, `slides`, ..., no class_path) is deprecated.
     """
 
     def __init__(
@@ -67,7 +72,7 @@ class MILDataModule(ClassificationDataModule):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         backend: str = "auto",
-        demo: MILDemo | None = None,
+        demo: DemoSource | dict | None = None,
         **kwargs,  # the base's: manifest, classes, val/test/label fractions, seed, balanced_sampling, predict_split
     ):
         super().__init__(image_size=image_size, in_chans=in_chans, batch_size=batch_size, num_workers=num_workers, **kwargs)
@@ -82,7 +87,12 @@ class MILDataModule(ClassificationDataModule):
         self.augment = augment if augment is not None else HEAugment()
         self.mean, self.std = tuple(mean), tuple(std)
         self.backend = backend
-        self.demo = demo if demo is not None else MILDemo()
+        if isinstance(demo, dict):  # a config written before the demo object (no class_path)
+            unknown = sorted(set(demo) - set(DEMO_KEYS))
+            if unknown:
+                raise ConfigError(f"demo: unknown keys {unknown}; give demo: {{class_path: {DEMO}, init_args: {{...}}}}")
+            demo = with_deprecated_keys(None, demo, DEMO_KEYS, DEMO, type(self).__name__)
+        self.demo = demo if demo is not None or self.manifest is not None else make_demo(DEMO)
         self._feature_dim: int | None = None
         self._encoder_info: dict | None = None
         self._feature_tiling: dict = {}
@@ -99,6 +109,15 @@ class MILDataModule(ClassificationDataModule):
         MIL checkpoint can embed new slides the same way at inference."""
         self._table()
         return self._encoder_info
+
+    modality = "mil"
+
+    def preprocessing(self) -> dict:
+        """Bags of `medconv embed` features: the encoder and tiling that made them; tiles' normalisation otherwise."""
+        if self.bag_source == "tiles":
+            return {"bag_source": "tiles", "mean": list(self.mean), "std": list(self.std)}
+        return {"bag_source": self.bag_source, "feature_dim": self.feature_dim, "feature_encoder": self.encoder_info,
+                "feature_tiling": self.feature_tiling}
 
     @property
     def feature_tiling(self) -> dict:
@@ -126,15 +145,11 @@ class MILDataModule(ClassificationDataModule):
         return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
 
     # --- table -------------------------------------------------------------------------------
-    def _demo_manifest(self) -> Path:
-        """No manifest: demo slides, tiled and embedded (`medconv.mil.demo`), reused once made."""
-        return demo_manifest(self.demo)
-
     def default_classes(self) -> list[str] | None:
         return DEMO_CLASSES if self.manifest is None else None
 
     def load_table(self) -> pd.DataFrame:
-        manifest = Path(self.manifest) if self.manifest is not None else self._demo_manifest()
+        manifest = Path(self.manifest) if self.manifest is not None else self.demo.manifest()  # demo: reused once made
         tiles = self.bag_source == "tiles"
         table, problems = validate_manifest(
             manifest, REQUIRED, path_columns=["slide_path"] if tiles else [],

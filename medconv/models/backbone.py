@@ -61,6 +61,7 @@ class TimmBackbone(nn.Module):
         self.model_args = dict(model_args or {})
         self.attention = attention
         self.channels_last = channels_last
+        self.dynamic_img_size = dynamic_img_size
         self._scope = KernelScope(attention)  # validates `attention` before the model is built
         if img_size is not None:
             img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
@@ -79,6 +80,13 @@ class TimmBackbone(nn.Module):
             self.model.to(memory_format=torch.channels_last)
         if compile:
             self.model.compile()
+
+    def spec(self) -> dict:
+        """class_path + init_args that rebuild this architecture (the weights come from a checkpoint)."""
+        args = {"name": self.name, "in_chans": self.in_chans, "img_size": list(self.img_size) if self.img_size else None,
+                "attention": self.attention, "channels_last": self.channels_last,
+                "dynamic_img_size": self.dynamic_img_size, "model_args": dict(self.model_args)}
+        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": args}
 
     @property
     def family(self) -> str:

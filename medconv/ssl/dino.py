@@ -53,12 +53,12 @@ def dino_loss(
 @torch.no_grad()
 def updated_centre(centre: torch.Tensor, teacher_logits: torch.Tensor, momentum: float) -> torch.Tensor:
     """EMA of the teacher's batch-mean logits; the mean is over every process's batch when DDP is running."""
-    batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)
-    count = torch.tensor(float(teacher_logits.shape[0]), device=batch_sum.device)
+    logits = teacher_logits.float()
+    # the sum and the sample count in one tensor: one all-reduce per step (DINO's only collective besides DDP's)
+    stats = torch.cat([logits.sum(dim=0), logits.new_full((1,), logits.shape[0])])
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(batch_sum)
-        dist.all_reduce(count)
-    return centre * momentum + batch_sum / count * (1 - momentum)
+        dist.all_reduce(stats)
+    return centre * momentum + (stats[:-1] / stats[-1]).unsqueeze(0) * (1 - momentum)
 
 
 @torch.no_grad()
@@ -156,11 +156,14 @@ class DINO(nn.Module):
         self.register_buffer("centre", torch.zeros(1, out_dim))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # saved with checkpoints: schedules resume
         self.register_buffer("total_steps", torch.zeros((), dtype=torch.long))
+        # host copies of step/total_steps: the temperature schedule reads them every forward, the buffers would sync
+        self._host_steps = (0, 0)
+        self.register_load_state_dict_post_hook(_steps_to_host)
 
     # --- the objective --------------------------------------------------------------------------
     def current_teacher_temp(self) -> float:
-        return teacher_temperature(int(self.step), int(self.total_steps), self.warmup_teacher_temp, self.teacher_temp,
-                                   self.teacher_temp_warmup)
+        step, total = self._host_steps
+        return teacher_temperature(step, total, self.warmup_teacher_temp, self.teacher_temp, self.teacher_temp_warmup)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         crops = batch.get(keys.CROPS) if isinstance(batch, dict) else None
@@ -219,9 +222,15 @@ class DINO(nn.Module):
         student = [*self.backbone.parameters(), *self.head.parameters()]
         teacher = [*self.teacher_backbone.parameters(), *self.teacher_head.parameters()]
         ema_update(teacher, student, momentum)
+        self._host_steps = (int(step), int(total_steps))
         self.step.fill_(int(step))
         self.total_steps.fill_(int(total_steps))
 
     def export_encoder(self) -> nn.Module:
         """The teacher's backbone: DINO's evaluated (and exported) network is the teacher."""
         return self.teacher_backbone
+
+
+def _steps_to_host(module: DINO, incompatible_keys) -> None:
+    """After a checkpoint restores the step buffers: read them once, so the schedules resume where they were."""
+    module._host_steps = (int(module.step), int(module.total_steps))

@@ -125,7 +125,8 @@ def _visible_batch_norm(bn: _BatchNorm, masking: SparseMasking, x: torch.Tensor)
 def _update_running(bn: _BatchNorm, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
     """As nn.BatchNorm: momentum (or the cumulative average when None), unbiased variance (no host sync)."""
     bn.num_batches_tracked.add_(1)
-    momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+    # the cumulative average's weight stays a device tensor: float(num_batches_tracked) would wait for the device
+    momentum = bn.momentum if bn.momentum is not None else (1.0 / bn.num_batches_tracked).to(bn.running_mean.dtype)
     unbiased = var * (count / (count - 1.0).clamp_min(1.0))
     bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
     bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)

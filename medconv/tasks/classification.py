@@ -13,10 +13,12 @@ from torch import nn
 from medconv import keys
 from medconv.errors import ConfigError
 from medconv.tasks.evaluation import META_KEYS, EvalRows
+from medconv.tasks.run_record import RunRecord
 from medconv.tasks.schedules import WarmupCosine, optimization
+from medconv.tasks.step_logging import log_train_loss
 
 
-class ClassificationModule(EvalRows, L.LightningModule):
+class ClassificationModule(RunRecord, EvalRows, L.LightningModule):
     """Metrics per image and per group: `eval_groups={"breast": ["exam_id", "laterality"]}` scores a breast by
     `group_reduce` (max: a lesion seen in any view counts) over its views; `{"slide": ["slide_id"]}` scores a
     slide by its tiles.
@@ -36,6 +38,8 @@ class ClassificationModule(EvalRows, L.LightningModule):
         freeze_backbone: a linear probe: the backbone (e.g. an SSL encoder from `pretrained_path`) keeps its
             weights and its normalisation statistics (it stays in eval mode); only the head trains.
     """
+
+    task = "classify"
 
     def __init__(
         self,
@@ -77,7 +81,7 @@ class ClassificationModule(EvalRows, L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch[keys.IMAGE])
         loss = self.criterion(logits, batch[keys.LABEL])
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits), sync_dist=True)
+        log_train_loss(self, loss, len(logits))  # no device sync between logging steps
         return loss
 
     # --- evaluation (epoch hooks and metrics: EvalRows) -----------------------------------------

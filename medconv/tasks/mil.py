@@ -15,12 +15,14 @@ from torch.utils.checkpoint import checkpoint
 
 from medconv import keys
 from medconv.errors import ConfigError
-from medconv.mil.pooling import MILOutput, full_mask
+from medconv.models.mil.pooling import MILOutput, full_mask
 from medconv.tasks.evaluation import META_KEYS, EvalRows
+from medconv.tasks.run_record import RunRecord
 from medconv.tasks.schedules import WarmupCosine, optimization
+from medconv.tasks.step_logging import log_train_loss
 
 
-class MILModule(EvalRows, L.LightningModule):
+class MILModule(RunRecord, EvalRows, L.LightningModule):
     """Args:
         aggregator: called as `aggregator(in_dim, num_classes)` to build the pooling model; in a config a
             class_path + init_args without those two (e.g. `medconv.mil.ABMIL`), which the task fills. An
@@ -45,6 +47,8 @@ class MILModule(EvalRows, L.LightningModule):
             tiled (tile size, mpp, tissue threshold); filled from the data at fit, so `medconv infer` can embed new
             slides the same way.
     """
+
+    task = "mil"
 
     def __init__(
         self,
@@ -152,7 +156,7 @@ class MILModule(EvalRows, L.LightningModule):
             self.log("train/bag_loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
             self.log("train/instance_loss", out.extra_loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
             loss = (1 - self.instance_loss_weight) * loss + self.instance_loss_weight * out.extra_loss
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n, sync_dist=True)
+        log_train_loss(self, loss, n)  # no device sync between logging steps
         return loss
 
     # --- evaluation (epoch hooks and metrics: EvalRows) -----------------------------------------

@@ -17,14 +17,16 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from medconv.errors import ConfigError
+from medconv.tasks.run_record import RunRecord
 from medconv.tasks.schedules import WarmupCosine, optimization
+from medconv.tasks.step_logging import log_train_loss
 
 # Parameters that weight decay would only shrink towards zero without regularising anything: normalisation
 # scales and shifts, biases, learned tokens and position tables (as in MAE, SimMIM and DINO).
 NO_DECAY_NAMES = ("mask_token", "cls_token", "pos_embed", "relative_position_bias_table", "logit_scale", "gamma")
 
 
-class PretrainModule(L.LightningModule):
+class PretrainModule(RunRecord, L.LightningModule):
     """Args:
         backbone: the encoder to pretrain (`medconv.models.TimmBackbone`).
         objective: builds the objective from the backbone, e.g. `medconv.ssl.MaskedImageModelling` or
@@ -33,6 +35,8 @@ class PretrainModule(L.LightningModule):
         optimizer: called with two parameter groups (decayed weights; norms, biases and tokens without decay).
         scheduler: called with the optimiser; `WarmupCosine` by default.
     """
+
+    task = "pretrain"
 
     def __init__(
         self,
@@ -60,6 +64,7 @@ class PretrainModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
+        self._loss_nonfinite: torch.Tensor | None = None  # device flag: any non-finite loss since the fit began
 
     @property
     def method(self) -> str:
@@ -76,14 +81,26 @@ class PretrainModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.objective(batch)
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{self.method}: loss is {loss.item()} at step {self.global_step}; lower the LR or use bf16/32-bit.")
+        # a device-side flag, read where the host reads anyway (logging steps, epoch end): a check per step would sync
+        bad = ~torch.isfinite(loss.detach())
+        self._loss_nonfinite = bad if self._loss_nonfinite is None else self._loss_nonfinite | bad
         size = _batch_size(batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=size, sync_dist=True)
+        if log_train_loss(self, loss, size) is not None:  # no device sync between logging steps
+            self._check_finite_loss()
         scalars = {f"train/{k}": v.detach().float() for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.ndim == 0}
         if scalars:
             self.log_dict(scalars, on_step=True, on_epoch=False, batch_size=size)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self._check_finite_loss()
+
+    def _check_finite_loss(self) -> None:
+        if self._loss_nonfinite is not None and bool(self._loss_nonfinite):
+            raise FloatingPointError(
+                f"{self.method}: the loss became non-finite (NaN or inf) by step {self.global_step}; lower the LR or use "
+                "bf16/32-bit. (Checked every trainer.log_every_n_steps steps and at each epoch end.)"
+            )
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)

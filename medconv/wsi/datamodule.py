@@ -14,8 +14,8 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from medconv.data.datamodule import ClassificationDataModule
+from medconv.data.demo_source import TiledDemoSource, make_demo, with_deprecated_keys
 from medconv.data.manifest import raise_if_problems, read_manifest
-from medconv.demo.difficulty import check_difficulty, demo_root
 from medconv.errors import ConfigError, MedconvError
 from medconv.wsi.tile_dataset import UNLABELLED, SlideTiles, TileDataset, load_slide_tiles
 from medconv.wsi.transforms import IMAGENET_MEAN, IMAGENET_STD, HEAugment, he_train_transforms
@@ -23,6 +23,10 @@ from medconv.wsi.transforms import IMAGENET_MEAN, IMAGENET_STD, HEAugment, he_tr
 REQUIRED = ("slide_path", "label", "patient_id")
 OPTIONAL_PATHS = ("coords_path", "mask_path", "annotation_path")
 DEMO_CLASSES = ["normal", "tumor"]
+DEMO = "medconv.demo.SlideDemo"  # the default demo source, named (medconv.demo is a leaf: never imported here)
+#: the init args that configured the demo slides before the `demo` object (docs/migration.md) -> its field now
+DEMO_KEYS = {"demo_dir": "root", "demo_slides": "n_slides", "demo_seed": "seed", "demo_slide_size": "slide_size",
+             "demo_difficulty": "difficulty"}
 
 
 class WSITileDataModule(ClassificationDataModule):
@@ -32,8 +36,9 @@ class WSITileDataModule(ClassificationDataModule):
     A slide's coords store is its `coords_path`, else `<coords_dir>/<slide stem>.h5` (`medconv tile SLIDES
     --out DIR` writes those). `tile_labels`: "auto" labels tiles from `mask_path` / `annotation_path`
     (ASAP XML or QuPath GeoJSON) where present and from the slide label elsewhere; "slide" always uses
-    the slide label. Without a manifest, demo slides are generated and tiled into `demo_dir` at
-    `target_mpp` / `tile_size`.
+    the slide label. Without a manifest, `demo` makes the data, tiled at `target_mpp` / `tile_size`: by default
+    `medconv.demo.SlideDemo()`, the slides of `medconv demo-data wsi` in medconv_data/demo_wsi (the `demo_*` init
+    args are its deprecated spelling).
     """
 
     def __init__(
@@ -57,11 +62,12 @@ class WSITileDataModule(ClassificationDataModule):
         backend: str = "auto",
         target_mpp: float = 0.5,
         tile_size: int = 224,
-        demo_dir: str = "medconv_data/demo_wsi",
-        demo_slides: int = 6,
-        demo_seed: int = 0,
-        demo_slide_size: tuple[int, int] = (4096, 3072),
-        demo_difficulty: str = "easy",
+        demo: TiledDemoSource | None = None,
+        demo_dir: str | None = None,  # deprecated (DEMO_KEYS): set in `demo` instead
+        demo_slides: int | None = None,
+        demo_seed: int | None = None,
+        demo_slide_size: tuple[int, int] | None = None,
+        demo_difficulty: str | None = None,
         **kwargs,  # the base's: manifest, classes, val/test/label fractions, seed, predict_split
     ):
         super().__init__(
@@ -83,12 +89,18 @@ class WSITileDataModule(ClassificationDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.backend = backend
         self.target_mpp, self.tile_size = target_mpp, tile_size
-        self.demo_dir, self.demo_slides, self.demo_seed = demo_dir, demo_slides, demo_seed
-        self.demo_slide_size = tuple(demo_slide_size)
-        self.demo_difficulty = check_difficulty(demo_difficulty)  # easy | hard: slides and tiles live in <demo_dir>_hard
+        given = locals()
+        demo = with_deprecated_keys(demo, {key: given[key] for key in DEMO_KEYS}, DEMO_KEYS, DEMO, type(self).__name__)
+        self.demo = demo if demo is not None or self.manifest is not None else make_demo(DEMO)
 
     def default_classes(self) -> list[str] | None:
         return DEMO_CLASSES if self.manifest is None else None
+
+    modality = "wsi"
+
+    def preprocessing(self) -> dict:
+        return {"tile_size": self.tile_size, "target_mpp": self.target_mpp, "backend": self.backend,
+                "mean": list(self.mean), "std": list(self.std)}
 
     @property
     def eval_groups(self) -> dict[str, list[str]]:
@@ -98,28 +110,11 @@ class WSITileDataModule(ClassificationDataModule):
     # --- table -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         if self.manifest is None:
-            self._demo()
-
-    def _demo(self) -> tuple[Path, Path]:
-        """Demo slides + their coords stores (both reused when already there with the same settings)."""
-        from medconv.demo.wsi import generate_demo_slides
-        from medconv.tiling.slide_tiler import TileOptions, tile_slide
-
-        root = demo_root(self.demo_dir, self.demo_difficulty)
-        w, h = self.demo_slide_size
-        manifest = generate_demo_slides(root, n_slides=self.demo_slides, seed=self.demo_seed, width=w, height=h,
-                                        difficulty=self.demo_difficulty)
-        coords_dir = root / f"coords_{self.tile_size}px_{self.target_mpp:g}mpp"
-        coords_dir.mkdir(parents=True, exist_ok=True)
-        options = TileOptions(target_mpp=self.target_mpp, tile_size=self.tile_size)
-        for slide in pd.read_csv(manifest)["slide_path"]:
-            path = root / slide
-            tile_slide(path, coords_dir, path.stem, options)
-        return manifest, coords_dir.resolve()
+            self.demo.manifest(self.tile_size, self.target_mpp)
 
     def load_table(self) -> pd.DataFrame:
-        if self.manifest is None:
-            manifest, coords_dir = self._demo()
+        if self.manifest is None:  # demo slides and their coords stores, reused when already there
+            manifest, coords_dir = self.demo.manifest(self.tile_size, self.target_mpp), None
         else:
             manifest = Path(self.manifest)
             coords_dir = Path(self.coords_dir).expanduser().resolve() if self.coords_dir else None  # relative to cwd

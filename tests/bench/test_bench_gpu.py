@@ -25,10 +25,11 @@ def test_without_cuda_it_exits_2_with_a_clear_message_and_writes_nothing(tmp_pat
 
 
 def test_dry_run_lists_every_goal_and_checks_it_on_the_meta_device(tmp_path, capsys):
-    assert gpu.main(["--out", str(tmp_path), "--dry-run", "--budget-s", "420"]) == 0
+    assert gpu.main(["--out", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     for section in ("[tests]", "[memory]", "[overhead]", "[infer]", "[max_batch]"):
-        assert section in out
+        assert f"{section} runs to completion" in out  # no time bound unless the user asks for one
+    assert "up to" not in out
     assert "python -m medconv.bench.infer --slide" in out and "--model convnext_tiny --tile-size 256" in out
     assert "--num-workers" not in out  # the goal is about the workers `medconv infer` picks by default
     assert "-m pytest" in out and "tests/gpu -m gpu" in out
@@ -47,6 +48,24 @@ def test_dry_run_reports_a_size_a_model_cannot_take(tmp_path):
     plan.max_batch = [replace(plan.max_batch[2], height=1000, width=1000)]  # hiera: not a multiple of 32
     (problem,) = check_plan(plan)
     assert problem.startswith("hiera_tiny_224 1000x1000") and "multiple of" in problem
+
+
+def test_a_time_budget_is_shared_among_the_sections_in_the_dry_run(tmp_path, capsys):
+    assert gpu.main(["--out", str(tmp_path), "--dry-run", "--sections", "tests", "memory", "--time-budget", "490"]) == 0
+    out = capsys.readouterr().out  # shares 0.22 and 0.27 of 490 s
+    assert "[tests] up to 220 s, plus what earlier sections leave" in out and "[memory] up to 270 s" in out
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_a_time_budget_must_be_positive(tmp_path, value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        gpu.main(["--out", str(tmp_path), "--dry-run", "--time-budget", value])
+    assert exit_.value.code == 2 and "--time-budget must be a positive number of seconds" in capsys.readouterr().err
+
+
+def test_without_a_budget_no_section_has_a_deadline():
+    budget = gpu.Budget(None, {"a": 1.0, "b": 1.0})
+    assert budget.deadline("a", ["b"]) == budget.deadline("b", []) == math.inf and budget.left() == math.inf
 
 
 def test_budget_gives_each_section_its_share_of_what_is_left():
@@ -155,7 +174,8 @@ def test_overhead_section_runs_train_overhead_with_the_planned_arguments(tmp_pat
     assert gpu.run_overhead(plan, report, time.monotonic() + 300) == "error: ValueError: boom"
 
 
-def test_tests_section_runs_only_gpu_tests_and_records_each_outcome(tmp_path):
+def test_tests_section_runs_only_gpu_tests_and_records_each_outcome(tmp_path, monkeypatch, capsys):
+    """The default run (no --time-budget): the section runs its child to completion, and the report says no budget."""
     folder = tmp_path / "repo" / "tests" / "gpu"
     folder.mkdir(parents=True)
     (folder / "test_fake.py").write_text(
@@ -166,10 +186,14 @@ def test_tests_section_runs_only_gpu_tests_and_records_each_outcome(tmp_path):
     )
     (folder / "test_unmarked.py").write_text("def test_not_gpu():\n    pass\n")
     plan = make_plan(tmp_path, tests=folder, sections=("tests",))
-    report = {"tests": []}
-    assert gpu.run_tests(plan, report, time.monotonic() + 120) == "done"
+    monkeypatch.setattr(gpu, "machine", lambda plan: {"gpu": "none (test)"})  # saves a child process importing torch
+    report = gpu.run_plan(plan, tmp_path, None, "medconv bench gpu --out x --sections tests")
     outcomes = {t["name"].split("::")[1]: (t["outcome"], t["message"]) for t in report["tests"]}
     assert outcomes == {"test_ok": ("passed", ""), "test_bad": ("failed", "AssertionError: kernels differ")}
+    assert report["sections"]["tests"]["status"] == "done" and report["sections"]["tests"]["budget_s"] is None
+    assert "[tests] no time limit" in capsys.readouterr().out
+    first_line = (tmp_path / "gpu_report.md").read_text().splitlines()[0]
+    assert "`medconv bench gpu --out x --sections tests` took" in first_line and "budget" not in first_line
 
 
 @pytest.mark.slow

@@ -173,16 +173,19 @@ def test_presets_differ_and_subtle_is_for_slides_only(tmp_path: Path) -> None:
 
 
 def test_datamodules_and_cli_take_the_difficulty(tmp_path: Path) -> None:
+    from medconv.demo import MammoDemo, SlideDemo
     from medconv.demo.cli import main
     from medconv.mammo import MammoDataModule
-    from medconv.wsi import WSITileDataModule
 
-    dm = MammoDataModule(demo_dir=str(tmp_path / "demo_mammo"), demo_patients=2, demo_image_size=(128, 100), demo_difficulty="hard")
+    demo = MammoDemo(root=str(tmp_path / "demo_mammo"), n_patients=2, image_size=(128, 100), difficulty="hard")
+    dm = MammoDataModule(demo=demo)
     assert dm.manifest_path() == tmp_path / "demo_mammo_hard" / "manifest.csv"
     assert json.loads((tmp_path / "demo_mammo_hard" / demo_mammo.PARAMS).read_text())["difficulty"] == "hard"
     assert not (tmp_path / "demo_mammo").exists()  # the easy set's folder is left alone
     with pytest.raises(ConfigError, match="easy"):
-        WSITileDataModule(demo_difficulty="medium")
+        SlideDemo(difficulty="medium")
+    with pytest.raises(ConfigError, match="subtle is a slide preset"):  # refused when configured, not when generating
+        MammoDemo(difficulty="subtle")
     assert main(["mammo", "--out", str(tmp_path / "cli"), "--n-patients", "1", "--image-size", "128", "100",
                  "--difficulty", "hard"]) == 0
     assert json.loads((tmp_path / "cli" / demo_mammo.PARAMS).read_text())["difficulty"] == "hard"

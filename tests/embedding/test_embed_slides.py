@@ -16,9 +16,9 @@ import torch
 
 from medconv.embedding.cli import main
 from medconv.embedding.encoders import encoder_from_info, load_encoder
-from medconv.embedding.features import read_features
 from medconv.embedding.run import SUMMARY_COLUMNS
 from medconv.tiling.coords_store import read_coords
+from medconv.tiling.feature_store import read_features
 
 from .conftest import RUN_MEAN, RUN_STD
 
@@ -39,7 +39,7 @@ def embedded(wsi_run, emb_slides, tmp_path_factory):
 
 def _direct(encoder, slide, coords_store, image_size, mean, std) -> np.ndarray:
     """The backbone's features on the coords store's tiles, read and normalised here, not by the pipeline."""
-    from medconv.inference.predictor import InferenceTiles
+    from medconv.slides.tile_module import InferenceTiles
     from medconv.wsi.tile_dataset import load_slide_tiles
 
     tiles = InferenceTiles([load_slide_tiles(slide, coords_store, 0, slide_id="s")], None, image_size)

@@ -38,8 +38,8 @@ def test_bench_infer_on_a_demo_slide(tiny_wsi_run, held_out_slides, tmp_path, ca
 
 def test_random_model_run_directory_loads_like_a_trained_run(tmp_path):
     from medconv.bench.infer import random_run
-    from medconv.inference.checkpoint import load_model
+    from medconv.runs import load_run
 
-    loaded = load_model(random_run("resnet10t", 32, 1.0, tmp_path / "run"))
+    loaded = load_run(random_run("resnet10t", 32, 1.0, tmp_path / "run"))
     assert (loaded.modality, loaded.tile_size, loaded.target_mpp, loaded.image_size) == ("wsi", 32, 1.0, (32, 32))
     assert loaded.classes == ["normal", "tumor"]

@@ -1,5 +1,6 @@
-"""Mammogram exam inference: predictions per image, breast and exam (max over views), and Grad-CAM overlays in the
-original image's pixels (the crop, mirror and resize of the training preprocessing undone)."""
+"""Mammogram exam inference: predictions per image, breast and exam (max over views), and Grad-CAM maps and overlays
+in the original image's pixels (the crop, mirror and resize of the training preprocessing undone). Whether the maps
+point at lesions is tests/inference/test_saliency.py's, on a trained model."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def test_saliency_maps_back_onto_the_lesion_in_original_pixels(demo_exams):
         assert iou > 0.5, (row["image_path"], iou)
 
 
-def test_exam_inference_writes_predictions_and_overlays_in_original_size(mammo_run, demo_exams, tmp_path):
+def test_exam_inference_writes_predictions_maps_and_overlays_in_original_size(mammo_run, demo_exams, tmp_path):
     from medconv.inference.cli import main
 
     out = tmp_path / "out"
@@ -76,6 +77,10 @@ def test_exam_inference_writes_predictions_and_overlays_in_original_size(mammo_r
         original = read_mammogram(row["image_path"]).pixels
         with Image.open(out / row["overlay"]) as im:
             assert im.size == (original.shape[1], original.shape[0]) and im.mode == "RGB"
+        saliency = np.load(out / row["saliency_map"])  # beside the overlay, in the original's pixels
+        assert row["saliency_map"] == f"saliency/{row['image_id']}.npy"
+        assert saliency.dtype == np.float16 and saliency.shape == original.shape
+        assert 0 <= saliency.min() and saliency.max() <= 1
     breast = pd.read_csv(out / "predictions_breast.csv")
     assert len(breast) == 4 and (breast["n_images"] == 2).all()
     for rec in breast.to_dict("records"):  # a breast scores as its most suspicious view
@@ -83,6 +88,9 @@ def test_exam_inference_writes_predictions_and_overlays_in_original_size(mammo_r
         assert rec["prob_positive"] == pytest.approx(views["prob_positive"].max())
     exam = pd.read_csv(out / "predictions_exam.csv")
     assert len(exam) == 2 and (exam["n_images"] == 4).all()
-    # a rerun keeps the images already done
+    # a rerun keeps the images already done, and redoes one whose map is missing
+    (out / images["saliency_map"].iloc[0]).unlink()
     assert main([str(mammo_run), str(demo_exams), "--out", str(out)]) == 0
-    assert (pd.read_csv(out / "predictions.csv")["status"] == "skipped").all()
+    rerun = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert rerun["status"].tolist() == ["ok"] + ["skipped"] * 7
+    assert (out / rerun["saliency_map"].iloc[0]).is_file()

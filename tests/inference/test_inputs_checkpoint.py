@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from medconv.errors import CheckpointError, ManifestError
-from medconv.inference.checkpoint import find_checkpoint
-from medconv.inference.slide_data import SlideJob, shard
-from medconv.inference.slide_inputs import slide_jobs
+from medconv.slides.data import shard
+from medconv.slides.jobs import SlideJob, slide_jobs
 
 
 @pytest.mark.parametrize("n, world", [(5, 2), (3, 4), (7, 3), (1, 1)])
@@ -38,11 +37,18 @@ def test_manifest_and_folder_inputs(tmp_path):
 
 
 def test_checkpoint_errors_say_what_to_pass(tmp_path):
+    from medconv.runs import find_checkpoint, load_run
+
     with pytest.raises(CheckpointError, match="not found"):
         find_checkpoint(tmp_path / "nope.ckpt")
     with pytest.raises(CheckpointError, match="not a run directory"):
         find_checkpoint(tmp_path)
     lone = tmp_path / "model.ckpt"
     lone.write_bytes(b"x")
-    with pytest.raises(CheckpointError, match="config.yaml"):
-        find_checkpoint(lone)
+    with pytest.raises(CheckpointError, match="unreadable checkpoint"):
+        load_run(lone)
+    import torch
+
+    torch.save({"state_dict": {}}, lone)  # no run record, and no run folder with a config.yaml to rebuild it from
+    with pytest.raises(CheckpointError, match="no run record.*config.yaml"):
+        load_run(lone)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medconv.inference.predictor import TilePredictor
+from medconv.inference.slide_scores import TilePredictor
 from medconv.wsi.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 
@@ -25,7 +25,7 @@ def test_device_normalisation_equals_the_training_transform():
 
 
 def test_inference_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
-    import medconv.lightning_cli as lc
+    import medconv.precision as lc
 
     assert isinstance(lc.native_cpu_bf16(), bool)  # this machine's answer, whatever it is
     monkeypatch.setattr(lc, "native_cpu_bf16", lambda: True)

@@ -31,7 +31,7 @@ def _args(data_dir: Path, root: Path, *extra: str) -> list[str]:
     return [
         "--config", MAIN, "--config", QUICK, "--config", TINY,
         "--trainer.default_root_dir", str(root),
-        "--data.init_args.demo_dir", str(data_dir / "demo"),
+        "--data.init_args.demo.init_args.root", str(data_dir / "demo"),
         "--data.init_args.cache_dir", str(data_dir / "cache"),
         *extra,
     ]

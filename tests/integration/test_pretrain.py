@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 def _pretrain_args(data: Path, root: Path, recipe: str = "mim_convnext.yaml", *extra: str) -> list[str]:
     return ["fit", "--config", str(CONFIGS / "pretrain" / recipe), "--config", TINY, "--trainer.default_root_dir", str(root),
-            "--data.init_args.source.init_args.demo_dir", str(data / "demo"),
+            "--data.init_args.source.init_args.demo.init_args.root", str(data / "demo"),
             "--data.init_args.source.init_args.cache_dir", str(data / "cache"), *extra]
 
 
@@ -68,9 +68,9 @@ def test_finetune_loads_the_export_strictly(pretrained: tuple[Path, Path], tmp_p
     cli = run_lightning([
         "fit", "--config", str(CONFIGS / "mammo_convnext.yaml"), "--config", str(CONFIGS / "quickstart_cpu.yaml"),
         "--config", str(CONFIGS / "tests" / "tiny_mammo.yaml"), "--trainer.max_epochs", "1",
-        "--trainer.default_root_dir", str(tmp_path), "--data.init_args.demo_dir", str(data / "demo"),
-        "--data.init_args.cache_dir", str(data / "cache"), "--data.init_args.demo_patients", "16",
-        "--data.init_args.demo_image_size", "[512, 400]", "--data.init_args.image_size", "[128, 64]",
+        "--trainer.default_root_dir", str(tmp_path), "--data.init_args.demo.init_args.root", str(data / "demo"),
+        "--data.init_args.cache_dir", str(data / "cache"), "--data.init_args.demo.init_args.n_patients", "16",
+        "--data.init_args.demo.init_args.image_size", "[512, 400]", "--data.init_args.image_size", "[128, 64]",
         "--data.init_args.label_fraction", "0.5",
         "--model.init_args.backbone.init_args.name", "convnext_atto", "--model.init_args.backbone.init_args.model_args", "{}",
         "--model.init_args.backbone.init_args.pretrained_path", str(run / "encoder.safetensors"),

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from medconv import keys
+from medconv.demo import MILDemo
 from medconv.errors import ManifestError
 from medconv.mil import FeatureBagDataset, MILDataModule
-from medconv.mil.demo import MILDemo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,7 +40,7 @@ def test_manifest_needs_a_bag_column(tmp_path):
     with pytest.raises(ManifestError, match="no features_path or slide_path"):
         MILDataModule(manifest=str(tmp_path / "m.csv")).setup("fit")
     # no manifest: the demo bags' classes, known before (and without) making any demo data
-    assert MILDataModule(demo=MILDemo(dir=str(tmp_path / "demo"))).classes == ["normal", "tumor"]
+    assert MILDataModule(demo=MILDemo(root=str(tmp_path / "demo"))).classes == ["normal", "tumor"]
     assert not list(tmp_path.glob("demo*"))
     pd.DataFrame({"label": ["a"], "patient_id": ["p"], "slide_path": ["s.tif"]}).to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(ManifestError, match="features_dir"):

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from medconv import keys
-from medconv.mil import ABMIL, MILDataModule
+from medconv.mil import MILDataModule
 from medconv.models import TimmBackbone
+from medconv.models.mil import ABMIL
 from medconv.tasks import MILModule
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]

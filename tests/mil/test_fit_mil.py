@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from medconv.embedding.features import read_features
+from medconv.tiling.feature_store import read_features
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 

@@ -57,9 +57,9 @@ def from_features(mil_run) -> tuple[int, Path]:
 
 
 def test_outputs_hold_slide_probabilities_and_relative_attention(mil_run, from_features):
-    from medconv.embedding.features import read_features
-    from medconv.inference.mil_model import load_mil_model
     from medconv.inference.slide_outputs import read_scores
+    from medconv.runs import load_run
+    from medconv.tiling.feature_store import read_features
 
     code, out = from_features
     assert code == 0
@@ -67,7 +67,7 @@ def test_outputs_hold_slide_probabilities_and_relative_attention(mil_run, from_f
     assert len(summary) == N_SLIDES and (summary["status"] == "ok").all()
     assert set(summary["predicted_class"]) <= {"normal", "tumor"} and summary["score"].between(0, 1).all()
     assert np.allclose(summary["score_normal"] + summary["score_tumor"], 1, atol=1e-5)
-    loaded = load_mil_model(mil_run["run"])
+    loaded = load_run(mil_run["run"])
     assert loaded.classes == ["normal", "tumor"] and loaded.feature_encoder["name"] == "test_resnet"
     for row in summary.to_dict("records"):
         name = row["slide"]
@@ -141,6 +141,8 @@ def test_foreign_features_and_unrecorded_encoders_are_refused_clearly(mil_run, t
     for ckpt in (run / "checkpoints").glob("*.ckpt"):
         state = torch.load(ckpt, weights_only=True)
         state["hyper_parameters"]["feature_encoder"] = None
+        state["medconv"]["hparams"]["feature_encoder"] = None  # the run record holds the same
+        state["medconv"]["data"]["preprocessing"]["feature_encoder"] = None
         torch.save(state, ckpt)
     capsys.readouterr()
     assert main([str(run), str(mil_run["slides"] / "demo_000.tif"), "--out", str(tmp_path / "out2")]) == 2

@@ -150,8 +150,16 @@ def test_batchnorm_running_stats_by_hand():
     assert not torch.allclose(bn.running_mean, 0.1 * everything.mean(1), atol=1e-4)
 
 
-def train_losses(objective: MaskedImageModelling, family: str, steps: int = 4) -> list[float]:
-    """Losses of a few AdamW steps on one fixed batch of smooth images and one fixed mask."""
+def train_losses(objective: MaskedImageModelling, family: str, steps: int = 8) -> list[float]:
+    """Losses of a few AdamW steps on one fixed batch of smooth images and one fixed mask.
+
+    Last loss / first loss after 8 steps, measured over the test's seeds shifted by 0-4 (model init and data) on
+    an AVX-512 Xeon: resnet_d 0.29-0.35, swin 0.43-0.53, gresnet 0.56-0.59, convnext 0.64-0.66, swinv2 0.64-0.69,
+    pvt_v2 0.76-0.83, hiera 0.73-0.81, vit 0.83-0.89, convnext + U-Net decoder 0.80-0.92. Emulating another CPU's
+    kernels (ATEN_CPU_CAPABILITY=avx2|default with ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS to match) moved
+    the losses by < 1e-6. After 4 steps hiera's loss was still within 3% of where it started (above it for one
+    seed), hence 8 steps and the bound 0.97, which a model that learns nothing (ratio 1.0) fails.
+    """
     image, mask, _ = inputs(family, seed=5)
     image = torch.nn.functional.interpolate(image[..., ::8, ::8], size=image.shape[-2:], mode="bilinear")
     optimiser = torch.optim.AdamW(objective.parameters(), lr=3e-3)
@@ -169,7 +177,7 @@ def train_losses(objective: MaskedImageModelling, family: str, steps: int = 4) -
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_a_few_steps_lower_the_loss(family):
     losses = train_losses(build(family, loss="mse" if family in ("resnet_d", "swin") else "l1").train(), family)
-    assert losses[-1] < 0.95 * losses[0], losses
+    assert losses[-1] < 0.97 * losses[0], losses
 
 
 def test_unet_decoder_trains_and_keeps_the_leak_test():
@@ -178,7 +186,7 @@ def test_unet_decoder_trains_and_keeps_the_leak_test():
     with torch.no_grad():
         assert torch.equal(objective.predict(image, mask), objective.predict(scribbled, mask))
     losses = train_losses(objective, "convnext")
-    assert losses[-1] < 0.95 * losses[0], losses
+    assert losses[-1] < 0.97 * losses[0], losses
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -43,7 +43,9 @@ def test_linear_probe_learns_the_informative_direction_and_is_deterministic() ->
     x = torch.randn(200, 5, generator=gen) * torch.tensor([1.0, 100.0, 1.0, 0.01, 1.0])  # scales differ wildly
     y = (x[:, 3] > 0).long()  # only the tiny-scale feature carries the label: standardisation must find it
     probe = fit_linear_probe(x, y, num_classes=2)
-    assert probe.predict_proba(x).argmax(1).eq(y).float().mean() > 0.97
+    # Training accuracy measured 0.970-0.995 over generator seeds 1-10 (float64 L-BFGS; unchanged with AVX2 or baseline
+    # kernels in place of AVX-512); a probe on unstandardised features scores 0.55, so 0.9 tells them apart with margin.
+    assert probe.predict_proba(x).argmax(1).eq(y).float().mean() > 0.9
     # The decision direction (class 1 minus class 0 weights) is dominated by feature 3.
     direction = (probe.weight[1] - probe.weight[0]).abs()
     assert direction.argmax() == 3 and direction[3] > 5 * direction[[0, 1, 2, 4]].max()
