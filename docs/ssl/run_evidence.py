@@ -40,11 +40,11 @@ FINETUNE = {
     "wsi": [C / "wsi_convnext.yaml", C / "ablation" / "ssl_wsi_finetune.yaml"],
 }
 DATA_ARGS = {  # generated data shared by every run of a modality (pretraining data lives one level down)
-    "mammo": {"pretrain": ["--data.init_args.source.init_args.demo_dir", "{data}/demo_mammo",
+    "mammo": {"pretrain": ["--data.init_args.source.init_args.demo.init_args.root", "{data}/demo_mammo",
                            "--data.init_args.source.init_args.cache_dir", "{data}/cache"],
-              "finetune": ["--data.init_args.demo_dir", "{data}/demo_mammo", "--data.init_args.cache_dir", "{data}/cache"]},
-    "wsi": {"pretrain": ["--data.init_args.source.init_args.demo_dir", "{data}/demo_wsi"],
-            "finetune": ["--data.init_args.demo_dir", "{data}/demo_wsi"]},
+              "finetune": ["--data.init_args.demo.init_args.root", "{data}/demo_mammo", "--data.init_args.cache_dir", "{data}/cache"]},
+    "wsi": {"pretrain": ["--data.init_args.source.init_args.demo.init_args.root", "{data}/demo_wsi"],
+            "finetune": ["--data.init_args.demo.init_args.root", "{data}/demo_wsi"]},
 }
 
 

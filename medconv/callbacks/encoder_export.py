@@ -92,11 +92,14 @@ def _data_description(data: Any) -> dict[str, Any]:
     describe_ = getattr(data, "describe", None)
     if callable(describe_):
         out.update(describe_())
-    for key in ("views", "manifest", "coords_dir", "demo_dir", "root", "image_size", "in_chans", "target_mpp", "tile_size",
+    for key in ("views", "manifest", "coords_dir", "root", "image_size", "in_chans", "target_mpp", "tile_size",
                 "mean", "std", "val_fraction", "test_fraction", "seed"):
         value = getattr(data, key, None)
         if value is not None and key not in out and isinstance(value, str | int | float | tuple | list):
             out[key] = list(value) if isinstance(value, tuple) else value
+    demo_root = getattr(getattr(data, "demo", None), "root", None)
+    if demo_root is not None:  # trained on generated data: which set
+        out["demo_dir"] = str(demo_root)
     if getattr(data, "source", None) is not None:  # the pretraining data's own source: what the images were
         out["source"] = _data_description(data.source)
     return out

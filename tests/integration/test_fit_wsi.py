@@ -33,6 +33,9 @@ def test_tiny_wsi_fit_beats_chance(tmp_path, monkeypatch, repo_root):
     assert 0 < labels.sum() < len(labels)  # tumour tiles (from the masks) and normal tiles
     auroc = float(binary_auroc(torch.tensor(preds["prob_1"].to_numpy()), torch.tensor(labels)))
     print(f"tile-level AUROC on {len(labels)} held-out tiles ({labels.sum()} tumour): {auroc:.3f}")
+    # Measured 1.0 with seed_everything 0, 1, 2 on an AVX-512 Xeon, and seed 0 with AVX2 and with baseline kernels
+    # (ATEN_CPU_CAPABILITY=avx2|default, ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS to match); the top tile of a
+    # tumour slide scored >= 0.9998 and that of a normal slide <= 2e-5 in every run.
     assert auroc >= 0.75, f"tile-level AUROC on held-out slides {auroc:.3f}"
     by_slide = preds.groupby("slide_id")["prob_1"].max()
     tumour_slide = dm.splits["val"].set_index("slide_id")["label"].eq("tumor")
