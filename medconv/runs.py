@@ -50,10 +50,6 @@ class Run:
     mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
-    def data(self) -> dict[str, Any]:
-        return dict(self.record.get("data") or {})
-
-    @property
     def data_args(self) -> dict[str, Any]:
         """The training data's config init_args (manifest, folders): where the training files were, if kept."""
         return dict((self.record.get("data_config") or {}).get("init_args") or {})
