@@ -25,9 +25,10 @@ TOOLS = {
     "bench": ("medconv.bench.cli", "Measure your setup: `train-overhead`, `tiles`, `infer`, `gpu` (all GPU goals)."),
     "infer": ("medconv.inference.cli", "Slide heatmaps, tile scores, QuPath GeoJSON and slide scores; mammogram predictions."),
     "embed": ("medconv.embedding.cli", "Tile features per slide for MIL (CLAM/TRIDENT h5 + pt) from a timm, SSL or medconv encoder."),
+    "export": ("medconv.export.cli", "A run in the timm / Hugging Face hub format: config.json, model.safetensors, model card."),
     "evaluate-heatmaps": ("medconv.inference.quality", "Tile/slide AUROC and FROC of `medconv infer` heatmaps against tumour masks."),
     "export-tiles": ("medconv.wsi.export_tiles", "Write the tiles of coords stores as image files for other tools."),
-    "prepare": ("medconv.data_prep.cli", "Build manifests from public dataset layouts (CBIS-DDSM, VinDr-Mammo, CAMELYON16)."),
+    "prepare": ("medconv.data_prep.cli", "Build manifests from public dataset layouts (CBIS-DDSM, VinDr-Mammo, mini-MIAS, CAMELYON16)."),
     "ablate": ("medconv.ablation.cli", "Low-label ablation sweeps (backbones x inits x label fractions x seeds); `ablate report DIR`."),
 }
 

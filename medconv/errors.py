@@ -19,3 +19,8 @@ class ConfigError(MedconvError):
 
 class CheckpointError(MedconvError):
     """A checkpoint is missing, cannot be resolved inside a run, or holds more than weights."""
+
+
+class PretrainedWeightsError(MedconvError):
+    """Pretrained weights named by a model name cannot be had: not in the Hugging Face cache while offline, a gated or
+    missing repository, no network. The message names the hub id, the cache searched and how to fix it."""

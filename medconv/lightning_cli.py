@@ -93,6 +93,9 @@ class MedconvCLI(LightningCLI):
             if run is not None and is_external(cfg.data, run):
                 # Another manifest than the run's: evaluate all of it (its own split column still applies).
                 cfg.data.init_args.test_fraction = 0.0
+                if cfg.data.init_args.get("n_folds") is not None:  # a k-fold run's config: all of it, not one fold
+                    cfg.data.init_args.n_folds = None
+            _no_pretrained_download(cfg)
         loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
         loggers = [lg for lg in loggers if lg is not None and hasattr(lg, "init_args")]
         if not loggers:
@@ -117,6 +120,16 @@ class MedconvCLI(LightningCLI):
             lg.init_args.save_dir = str(save_dir)
             lg.init_args.name = name
             lg.init_args.version = version
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:  # jsonargparse wraps what a nested class raises (a union's subtypes) in a ValueError
+            cause = _medconv_cause(err)
+            if cause is None:
+                raise
+            raise cause from None  # the user's error (unknown model, weights not in the cache, ...): one message
+        _default_mean_std(self.config[self.subcommand] if self.subcommand else self.config, self.datamodule, self.model)
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI's (private, Lightning >= 2.3) hook that re-applies a checkpoint's hyper-parameters: here it checks
@@ -232,6 +245,40 @@ def _ensure_run_callbacks(trainer, model_class_path: str) -> None:  # noqa: ANN0
 def _subclass(cls: type | None, class_path: str) -> bool:
     base = _import(class_path)
     return base is not None and isinstance(cls, type) and issubclass(cls, base)
+
+
+def _medconv_cause(err: BaseException) -> MedconvError | None:
+    """The MedconvError an exception was raised from, if any (followed through its causes)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, MedconvError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _no_pretrained_download(cfg) -> None:  # noqa: ANN001
+    """Evaluating a checkpoint replaces the backbone's weights: do not fetch its starting weights again."""
+    backbone = cfg.get("model.init_args.backbone.init_args") if cfg.get("model") else None
+    if isinstance(backbone, Namespace) and backbone.get("pretrained"):
+        backbone.pretrained = False
+
+
+def _default_mean_std(cfg, data, model) -> None:  # noqa: ANN001
+    """Data whose config leaves mean/std unset (null) is normalised as the backbone's pretrained weights were
+    (their pretrained_cfg); written into the config too, so config.yaml and the run record say what was used."""
+    stats = getattr(getattr(model, "backbone", None), "pretrained_mean_std", None)
+    args = cfg.get("data.init_args") if cfg.get("data") else None
+    if stats is None or args is None or not hasattr(data, "mean") or "mean" not in args or "std" not in args:
+        return
+    if args.get("mean") is not None or args.get("std") is not None:
+        return
+    mean, std = stats
+    if len(mean) != len(getattr(data, "mean", None) or mean):
+        return  # another channel count than the data's own default: left to the data
+    data.mean, data.std = tuple(mean), tuple(std)
+    args.mean, args.std = list(mean), list(std)
 
 
 def _link_nested_input(cfg) -> None:  # noqa: ANN001

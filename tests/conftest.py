@@ -96,3 +96,44 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+
+
+# --- an offline Hugging Face cache in the hub layout, so hub loading (`timm.create_model(..., pretrained=True)`,
+# `hf-hub:` names, tags whose weights live on the hub) is tested through timm's real code path with no network.
+
+
+def write_hf_cache_entry(hub_cache: Path, repo_id: str, model, model_args: dict | None = None,
+                         pretrained_cfg: dict | None = None, commit: str = "0" * 40) -> Path:
+    """Write `model` as the hub repo `repo_id` into `hub_cache` (the folder HF_HUB_CACHE / HF_HOME/hub names):
+    models--org--name/refs/main holds the commit, snapshots/<commit>/ holds config.json + model.safetensors as
+    `timm.models.save_for_hf` writes them. Returns the snapshot folder."""
+    import json
+
+    import timm.models
+
+    org, name = repo_id.split("/", 1)
+    repo = Path(hub_cache) / f"models--{org}--{name}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    timm.models.save_for_hf(model, str(snapshot), model_args=model_args, safe_serialization=True)
+    if pretrained_cfg:
+        config = json.loads((snapshot / "config.json").read_text())
+        config.setdefault("pretrained_cfg", {}).update(pretrained_cfg)
+        (snapshot / "config.json").write_text(json.dumps(config, indent=2))
+    return snapshot
+
+
+@pytest.fixture
+def hf_home(tmp_path, monkeypatch) -> Path:
+    """An empty HF_HOME in offline mode; fill it with `write_hf_cache_entry(hf_home / "hub", ...)`."""
+    home = tmp_path / "hf_home"
+    (home / "hub").mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(home / "hub"), raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HOME", str(home), raising=False)
+    return home

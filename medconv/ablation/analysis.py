@@ -17,7 +17,7 @@ FAMILY_NAMES = {"cnn": "CNN", "vit": "ViT"}
 
 
 def arms_table(table: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
-    """Mean and 95% t-interval over seeds of the test metric, per backbone x init x fraction."""
+    """Mean and 95% t-interval over seeds of the test metric (cut to [0, 1]), per backbone x init x fraction."""
     return summarise(table, ["family", "backbone", "init", "fraction"], f"test_{metric}")
 
 

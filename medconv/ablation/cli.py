@@ -17,6 +17,7 @@ from medconv.ablation.commands import fit_args
 from medconv.ablation.launch import run_shard, slurm_parameters, submit_slurm
 from medconv.ablation.runner import Runner
 from medconv.ablation.sweep import Sweep, expand, load_sweep, parse_shard, pretrain_runs
+from medconv.ablation.weights_check import check as check_weights
 from medconv.io.atomic import write_text
 
 STATE_LABELS = {"ok": "done", "failed": "failed (will rerun)", "missing": "to run", "corrupt": "corrupt record (will rerun)"}
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     resume = not args.no_resume
     if args.dry_run:
         return _dry_run(sweep, out, index, count, resume)
+    check_weights(sweep)  # every arm's weights are here (or fetched now) before any run starts or is submitted
     write_text(out / "sweep.yaml", args.config.read_text())  # what produced these records
     if args.launcher == "slurm":
         shards = args.slurm_shards or len(expand(sweep))
@@ -87,4 +89,5 @@ def _dry_run(sweep: Sweep, out: Path, index: int, count: int, resume: bool) -> i
         example = runner.runs[0]
         args = fit_args(sweep, example, out / "runs" / example.run_id, out / "pretrain" / "<encoder.safetensors>")
         print(f"\nfirst fine-tune's command:\n  medconv {shlex.join(args)}\n  then medconv test --config <its run>/config.yaml --ckpt_path best")
+    check_weights(sweep, fetch=False)  # lists each arm's weights; raises (before any run) when one is missing
     return 0

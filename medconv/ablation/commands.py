@@ -17,9 +17,13 @@ BACKBONE = "model.init_args.backbone.init_args"
 TIMER = "medconv.ablation.timing.StepTimer"
 MANAGED = ("seed_everything", "data.init_args.seed", "data.init_args.split_seed", "data.init_args.label_fraction",
            "trainer.max_steps", "trainer.max_epochs", "trainer.val_check_interval", "trainer.check_val_every_n_epoch",
-           "trainer.default_root_dir", f"{BACKBONE}.pretrained_path", f"{BACKBONE}.strict_weights", f"{BACKBONE}.name")
+           "trainer.default_root_dir", f"{BACKBONE}.pretrained_path", f"{BACKBONE}.strict_weights", f"{BACKBONE}.name",
+           f"{BACKBONE}.pretrained",
+           "data.init_args.n_folds", "data.init_args.fold")
 PRETRAIN_MANAGED = ("seed_everything", "data.init_args.source.init_args.seed", "data.init_args.source.init_args.split_seed",
-                    "trainer.default_root_dir", f"{BACKBONE}.name")
+                    "trainer.default_root_dir", f"{BACKBONE}.name", "data.init_args.source.init_args.n_folds",
+                    "data.init_args.source.init_args.fold", "data.init_args.seed", "data.init_args.split_seed",
+                    "data.init_args.n_folds", "data.init_args.fold")
 
 
 def _value(value: Any) -> str:
@@ -37,7 +41,7 @@ def _configs(paths: tuple[str, ...] | list[str]) -> list[str]:
 def _check_overrides(overrides: dict[str, Any], managed: tuple[str, ...], key: str) -> None:
     clash = sorted(k for k in overrides if k.lstrip("-") in managed)
     if clash:
-        raise ConfigError(f"{key}: {clash} are set by the sweep itself (fractions, seeds, split_seed, steps, inits, "
+        raise ConfigError(f"{key}: {clash} are set by the sweep itself (fractions, seeds, split_seed, folds, steps, inits, "
                           "backbones); change those keys of the sweep file instead")
 
 
@@ -50,9 +54,31 @@ def _backbone_flags(backbone: Backbone) -> dict[str, Any]:
     return flags
 
 
+def _fold_flags(sweep: Sweep, fold: int | None, prefix: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """k-fold: the run's test fold of the sweep's `folds` (the same folds everywhere, drawn by split_seed); the fold
+    is the test set, so a test fraction from the base configs is set to 0 and one in the overrides is refused."""
+    if sweep.folds is None:
+        return {}
+    key = f"{prefix}.test_fraction"
+    if overrides.get(key) or overrides.get(f"--{key}"):
+        raise ConfigError(f"folds: {sweep.folds}: each run's test set is its fold; drop {key} from the overrides")
+    return {f"{prefix}.n_folds": sweep.folds, f"{prefix}.fold": fold, key: 0.0}
+
+
 def weights_path(init: Init, backbone: Backbone) -> str | None:
     """The weights a `pretrained` / `ssl_export` init loads for this backbone."""
     return init.path.replace("{backbone}", backbone.name) if init.path else None
+
+
+def weights_name(init: Init, backbone: Backbone) -> str | None:
+    """The timm name whose pretrained weights a `pretrained` init without a file loads for this backbone: timm_name
+    plus its pretrained_tag, else timm_name as it is (its own tag, an hf-hub:/local-dir: source, or timm's default)."""
+    if init.kind != "pretrained" or init.path:
+        return None
+    if not backbone.timm_name:
+        raise ConfigError(f"backbone {backbone.name}: init {init.name} loads the backbone's timm weights, so it needs "
+                          "timm_name (and pretrained_tag, e.g. timm_name: convnext_tiny, pretrained_tag: fb_in1k)")
+    return f"{backbone.timm_name}.{backbone.pretrained_tag}" if backbone.pretrained_tag else backbone.timm_name
 
 
 def fit_args(sweep: Sweep, run: Run, root: Path, encoder: Path | None = None) -> list[str]:
@@ -65,6 +91,7 @@ def fit_args(sweep: Sweep, run: Run, root: Path, encoder: Path | None = None) ->
         "data.init_args.seed": run.seed,
         "data.init_args.split_seed": sweep.split_seed,
         "data.init_args.label_fraction": run.fraction,
+        **_fold_flags(sweep, run.fold, "data.init_args", sweep.overrides),
         # Compute matching: the same optimisation steps at every fraction, validation on a fixed step grid.
         "trainer.max_steps": sweep.steps,
         "trainer.max_epochs": -1,
@@ -75,7 +102,11 @@ def fit_args(sweep: Sweep, run: Run, root: Path, encoder: Path | None = None) ->
     if run.init.kind == "pretrain":
         if encoder is None:
             raise ConfigError(f"{run.run_id}: needs the encoder of {run.pretrain_id}")
-        flags |= {f"{BACKBONE}.pretrained_path": str(encoder), f"{BACKBONE}.strict_weights": True}
+        # An SSL export holds exactly the timm keys; a supervised first stage's checkpoint also holds its own head.
+        flags |= {f"{BACKBONE}.pretrained_path": str(encoder),
+                  f"{BACKBONE}.strict_weights": run.init.objective != "supervised"}
+    elif run.init.kind == "pretrained" and not run.init.path:  # timm's weights (hub cache), adapted and reported
+        flags |= {f"{BACKBONE}.name": weights_name(run.init, run.backbone), f"{BACKBONE}.pretrained": True}
     elif run.init.kind in ("pretrained", "ssl_export"):
         # An SSL export holds exactly the timm keys (strict); other weights files may carry a classifier head.
         flags |= {f"{BACKBONE}.pretrained_path": weights_path(run.init, run.backbone),
@@ -84,18 +115,20 @@ def fit_args(sweep: Sweep, run: Run, root: Path, encoder: Path | None = None) ->
 
 
 def pretrain_args(sweep: Sweep, run: PretrainRun, root: Path) -> list[str]:
-    """`medconv fit` for a pretraining run: the train patients of the sweep's split only (same `split_seed`)."""
+    """`medconv fit` for a pretraining run: the train patients of the sweep's split (or of its fold) only."""
     _check_overrides(sweep.pretrain_overrides, PRETRAIN_MANAGED, "pretrain_overrides")
     if not run.backbone.timm_name:
         raise ConfigError(f"backbone {run.backbone.name}: a `pretrain` init needs its timm name (timm_name: ...), "
                           "since its fine-tune configs cannot configure a pretraining run")
-    source = "data.init_args.source.init_args"
+    # An SSL datamodule wraps the labelled one as its `source`; a supervised first stage is a labelled datamodule.
+    source = "data.init_args" if run.init.objective == "supervised" else "data.init_args.source.init_args"
     flags: dict[str, Any] = {
         **sweep.pretrain_overrides,
         **_backbone_flags(run.backbone),
         "seed_everything": sweep.pretrain_seed,
         f"{source}.seed": sweep.pretrain_seed,
         f"{source}.split_seed": sweep.split_seed,
+        **_fold_flags(sweep, run.fold, source, sweep.pretrain_overrides),  # only the fold's training patients
         "trainer.default_root_dir": str(root),
     }
     if run.init.steps is not None:

@@ -12,7 +12,8 @@ LINESTYLES = ["-", "--", ":", "-."]
 
 
 def metric_vs_fraction(table: pd.DataFrame, metric: str = "auroc") -> Figure:
-    """Mean test metric over seeds against label fraction (log x), one line per backbone/init, 95% CI bands."""
+    """Mean test metric over seeds against label fraction (log x), one line per backbone/init, 95% CI bands (the
+    t-interval over seeds cut to [0, 1], so no band reaches past a perfect score)."""
     arms = arms_table(table, metric)
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()

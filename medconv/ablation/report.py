@@ -1,10 +1,11 @@
 """Seeded comparisons as a table: mean and 95% interval per arm, and the paired difference between two arms.
 
 Records are one row per finished run (its arm's columns, `seed`, and metric values). Seeds are the unit of
-replication: the interval of a mean is Student's t over seeds, and two arms are compared on the runs they share
-(same seed and same other columns), so a seed that is easy for both does not widen the difference's interval.
-Paired differences get a percentile bootstrap over the pairs (fixed RNG seed) beside the t interval, since with
-three to five seeds neither is exact and the bootstrap makes no normality assumption.
+replication: the interval of a mean is Student's t over seeds, cut to the metric's range [0, 1] (differences:
+[-1, 1]; medconv.stats.intervals says why a cut and not a transform), and two arms are compared on the runs they
+share (same seed and same other columns), so a seed that is easy for both does not widen the difference's
+interval. Paired differences get a percentile bootstrap over the pairs (fixed RNG seed) beside the t interval,
+since with three to five seeds neither is exact and the bootstrap makes no normality assumption.
 """
 
 from __future__ import annotations
@@ -16,26 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+
+from medconv.stats.intervals import DIFFERENCE, UNIT, t_interval
 
 
-def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high); the interval is Student's t over the values (nan for fewer than two)."""
-    x = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
+def mean_ci(values: Sequence[float], level: float = 0.95, bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
+    """(mean, low, high); the interval is Student's t over the values (nan for fewer than two), cut to `bounds`."""
+    return t_interval(values, level, bounds)
 
 
-def summarise(records: pd.DataFrame, by: list[str], metric: str, level: float = 0.95) -> pd.DataFrame:
-    """One row per arm (`by` columns): n seeds, mean, CI low/high, and the seeds' values."""
+def summarise(records: pd.DataFrame, by: list[str], metric: str, level: float = 0.95,
+              bounds: tuple[float, float] | None = UNIT) -> pd.DataFrame:
+    """One row per arm (`by` columns): n seeds, mean, CI low/high (inside `bounds`), and the seeds' values."""
     rows = []
     for arm, group in records.groupby(by, sort=True, dropna=False):
-        mean, low, high = mean_ci(group[metric].tolist(), level)
+        mean, low, high = mean_ci(group[metric].tolist(), level, bounds)
         arm = arm if isinstance(arm, tuple) else (arm,)
         values = " ".join(f"{v:.3f}" for v in group.sort_values("seed")[metric])
         rows.append(dict(zip(by, arm, strict=True), n=len(group), mean=mean, ci_low=low, ci_high=high, values=values))
@@ -53,7 +49,7 @@ def paired_difference(records: pd.DataFrame, by: list[str], arm: str, treated: s
     rows = []
     for group_key, group in pairs.groupby(by, sort=True):
         diff = (group["treated"] - group["control"]).tolist()
-        mean, low, high = mean_ci(diff, level)
+        mean, low, high = mean_ci(diff, level, DIFFERENCE)
         group_key = group_key if isinstance(group_key, tuple) else (group_key,)
         rows.append(dict(zip(by, group_key, strict=True), pairs=len(diff), diff=mean, ci_low=low, ci_high=high,
                          wins=int(sum(d > 0 for d in diff))))
@@ -87,7 +83,7 @@ def paired_comparison(records: pd.DataFrame, by: list[str], arm: str, treated: s
     rows = []
     for group_key, group in pairs.groupby(by, sort=True):
         diff, low, high = paired_bootstrap(group["treated"].tolist(), group["control"].tolist(), n_boot, level)
-        _, t_low, t_high = mean_ci((group["treated"] - group["control"]).tolist(), level)
+        _, t_low, t_high = mean_ci((group["treated"] - group["control"]).tolist(), level, DIFFERENCE)
         group_key = group_key if isinstance(group_key, tuple) else (group_key,)
         rows.append(dict(zip(by, group_key, strict=True), treated=treated, control=control, pairs=len(group), diff=diff,
                          ci_low=low, ci_high=high, t_low=t_low, t_high=t_high,

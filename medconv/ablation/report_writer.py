@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from medconv.ablation.analysis import arms_table, conclusions, cost_table, family_comparison, family_table, init_comparison
+from medconv.ablation.oof import oof_tables
 from medconv.ablation.plots import cost, metric_vs_fraction
 from medconv.ablation.records import load_records, records_dir, records_table
 from medconv.ablation.report import to_markdown
@@ -41,7 +42,11 @@ def write_report(directory: str | Path, out: str | Path | None = None, metric: s
     table = records_table(records, metric)
     if table.empty:
         raise InputFileError(f"{folder}: no finished (status ok) records to report on; run the sweep first")
-    parts = tables(table, metric)
+    try:
+        oof = oof_tables(records)
+    except ValueError as err:  # overlapping folds or conflicting labels in the runs' predictions
+        raise InputFileError(f"{folder}: cannot pool the out-of-fold predictions: {err}") from err
+    parts = tables(table, metric) | oof
     for name, frame in parts.items():
         with atomic_path(out / f"{name}.csv") as tmp:
             frame.to_csv(tmp, index=False)
@@ -49,7 +54,9 @@ def write_report(directory: str | Path, out: str | Path | None = None, metric: s
     sections = [
         f"# Ablation report ({len(table)} finished runs{f', {len(failed)} failed' if failed else ''})", "",
         "## Conclusions", "", *[f"- {line}" if not line.startswith("  ") else f"  - {line.strip()}" for line in conclusions(table, metric)], "",
-        f"## Test {metric} per arm (mean over seeds, 95% t-interval)", "", to_markdown(parts["arms"]), "",
+        *_oof_sections(parts),
+        f"## Test {metric} per arm (mean over {'runs (seeds x folds)' if 'oof_arms' in parts else 'seeds'}, 95% t-interval cut to "
+        "[0, 1])", "", to_markdown(parts["arms"]), "",
         f"## Test {metric} per family (mean over the family's backbones per seed)", "", to_markdown(parts["families"]), "",
         "## ViT minus CNN, paired by seed (95% paired bootstrap CI; t-interval beside it)", "", to_markdown(parts["cnn_vs_vit"]), "",
         "## Pretrained init minus random init, paired by seed", "",
@@ -63,6 +70,21 @@ def write_report(directory: str | Path, out: str | Path | None = None, metric: s
     _save(cost(table), out / "cost.png")
     write_text(out / "report.md", "\n".join(sections))
     return out
+
+
+def _oof_sections(parts: dict[str, pd.DataFrame]) -> list[str]:
+    """k-fold sweeps: the pooled out-of-fold AUROC per arm and seed, and the paired arm comparisons on its images."""
+    if "oof_arms" not in parts:
+        return []
+    arms = parts["oof_arms"][["arm", "seed", "folds", "n", "patients", "coverage", "auroc", "ci_low", "ci_high"]]
+    lines = ["## Pooled out-of-fold AUROC per arm and seed (every image scored by the fold model that never saw its "
+             "patient; 95% patient-bootstrap CI)", "", to_markdown(arms), ""]
+    paired = parts["oof_paired"]
+    if len(paired):
+        shown = paired[["a", "b", "seed", "n", "diff", "delong_ci_low", "delong_ci_high", "delong_p", "boot_ci_low", "boot_ci_high"]]
+        lines += ["## Paired arm differences on the same out-of-fold images (a - b: DeLong CI and p; paired patient-bootstrap CI)",
+                  "", to_markdown(shown), ""]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import yaml
 
 from medconv import __version__
 from medconv.ablation import lock
-from medconv.ablation.commands import evaluate_args, fit_args, pretrain_args
+from medconv.ablation.commands import evaluate_args, fit_args, pretrain_args, weights_name, weights_path
 from medconv.ablation.records import read_record, record_path, set_aside, state
 from medconv.ablation.sweep import PretrainRun, Run, Sweep, expand, pretrain_runs, shard
 from medconv.ablation.timing import TIMING
@@ -95,6 +95,17 @@ def newest_run(root: Path, marker: str = "summary.json") -> Path | None:
     """The newest `<root>/<name>/version_N` that `medconv fit` finished (has `marker`)."""
     runs = sorted((p.parent for p in root.glob(f"*/version_*/{marker}")), key=lambda p: p.stat().st_mtime)
     return runs[-1] if runs else None
+
+
+def first_stage_output(root: Path, objective: str) -> tuple[Path | None, Path | None]:
+    """(run folder, weights) of a finished pretraining run: an SSL run's encoder.safetensors, or a supervised first
+    stage's best checkpoint (the one its validation metric chose; its backbone initialises the fine-tunes)."""
+    if objective != "supervised":
+        run = newest_run(root, "encoder.safetensors")
+        return run, (run / "encoder.safetensors") if run else None
+    run = newest_run(root)
+    best = _json(run / "summary.json").get("best_checkpoint") if run else None
+    return run, Path(best) if best and Path(best).is_file() else None
 
 
 def _tail(log: Path, lines: int = 15) -> str:
@@ -195,16 +206,16 @@ class Runner:
             root = self.out / "pretrain" / prun.run_id
             log = self.out / "logs" / f"{prun.run_id}.log"
             child = run_child(pretrain_args(self.sweep, prun, root), log, heartbeat=held)
-            run = newest_run(root, "encoder.safetensors")
-            error = None if child.returncode == 0 and run is not None else (
-                f"pretraining exited with {child.returncode}; see {log}:\n{_tail(log)}")
+            run, encoder = first_stage_output(root, prun.init.objective)
+            error = None if child.returncode == 0 and encoder is not None else (
+                f"pretraining exited with {child.returncode} and left no weights; see {log}:\n{_tail(log)}")
             record = {
                 "run_id": prun.run_id, "status": "ok" if error is None else "failed", "error": error,
                 "backbone": prun.backbone.name, "family": prun.backbone.family, "init": prun.init.name,
-                "split_seed": self.sweep.split_seed, "seed": self.sweep.pretrain_seed, "wall_s": child.seconds,
+                "split_seed": self.sweep.split_seed, "fold": prun.fold, "seed": self.sweep.pretrain_seed, "wall_s": child.seconds,
                 "cpu_s": child.cpu_s,
                 "peak_rss_mb": child.peak_rss_mb, "run_dir": str(run) if run else None,
-                "encoder": str(run / "encoder.safetensors") if run else None, "log": str(log),
+                "encoder": str(encoder) if encoder else None, "objective": prun.init.objective, "log": str(log),
                 "config": _config(run), "medconv": __version__, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             write_json(path, record)
@@ -237,6 +248,8 @@ class Runner:
             "backbone": run.backbone.name, "family": run.backbone.family, "init": run.init.name,
             "init_kind": run.init.kind, "fraction": run.fraction, "seed": run.seed, "split_seed": self.sweep.split_seed,
             "steps": self.sweep.steps, "pretrain_id": run.pretrain_id, "log": str(log),
+            "weights": weights_name(run.init, run.backbone) or weights_path(run.init, run.backbone),  # timm name or file
+            "n_folds": self.sweep.folds, "fold": run.fold,
         }
         encoder, error = self._encoder(run) if run.init.kind == "pretrain" else (None, None)
         fit = test = None
@@ -258,6 +271,8 @@ class Runner:
             record |= {
                 "status": "ok", "run_dir": str(run_dir), "config": _config(run_dir),
                 "val": best_val, "test": _json(reports[-1]).get("metrics", {}),
+                # per test image: image_id, patient_id, label_index, label, prob_<class>: what out-of-fold pooling reads
+                "test_predictions": _existing(reports[-1].parent / "test_predictions.csv"),
                 "best_epoch": best_val.get("epoch"), "best_step": best_step(run_dir / "metrics.csv", summary.get("monitor")),
                 "best_checkpoint": summary.get("best_checkpoint"),
                 "fit_s": fit.seconds, "test_s": test.seconds, "cpu_s": fit.cpu_s + test.cpu_s,
@@ -287,6 +302,10 @@ def best_step(metrics_csv: Path, monitor: str | None) -> int | None:
         return None
     best = values[monitor].idxmin() if "loss" in monitor else values[monitor].idxmax()
     return int(values.loc[best, "step"])
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.is_file() else None
 
 
 def _config(run_dir: Path | None) -> dict | None:

@@ -3,7 +3,9 @@
 A sweep is the product backbones x inits x fractions x seeds over one base config stack. Every run trains the same
 number of optimisation steps (`steps`), whatever its label fraction, so an arm that sees fewer labels is not also
 given less compute; the patient split is drawn by one `split_seed` for every run (and for every pretraining run),
-so the test patients never change and pretraining never sees them. docs/ablation.md documents the format.
+so the test patients never change and pretraining never sees them. With `folds: k` every run (pretraining included)
+is repeated on folds 0..k-1 of a patient-level k-fold split: each fold's test patients are its own, and every
+patient is tested once over the folds. docs/ablation.md documents the format.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from medconv.errors import ConfigError
 FAMILIES = ("cnn", "vit")
 INIT_KINDS = ("random", "pretrained", "ssl_export", "pretrain")
 TOP_KEYS = {"name", "configs", "backbones", "inits", "fractions", "seeds", "split_seed", "steps", "val_every_steps",
-            "pretrain_seed", "overrides", "pretrain_overrides", "metric"}
-BACKBONE_KEYS = {"name", "family", "timm_name", "configs", "pretrain_configs", "model_args"}
+            "pretrain_seed", "overrides", "pretrain_overrides", "metric", "folds"}
+BACKBONE_KEYS = {"name", "family", "timm_name", "configs", "pretrain_configs", "model_args", "pretrained_tag"}
 _ID = re.compile(r"^[A-Za-z0-9_.]+$")
 
 
@@ -34,6 +36,7 @@ class Backbone:
     configs: tuple[str, ...] = ()
     pretrain_configs: tuple[str, ...] = ()
     model_args: dict | None = None
+    pretrained_tag: str | None = None  # a `pretrained` init without a file: the timm tag it loads (fb_in1k, ...)
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,12 @@ class Init:
     name: str  # the run id's tag
     kind: str  # random | pretrained | ssl_export | pretrain
     path: str | None = None  # pretrained / ssl_export: the weights file; `{backbone}` is replaced by the backbone's name
+    # (a `pretrained` init without a path loads each backbone's timm weights: its timm_name + pretrained_tag)
     configs: tuple[str, ...] = ()  # pretrain: the pretraining config stack (the backbone name is overridden)
     steps: int | None = None  # pretrain: optimisation steps of the pretraining run (None: the configs' epochs)
+    # pretrain: "ssl" (its encoder.safetensors initialises) or "supervised" (e.g. a lesion-patch classifier first, the
+    # patch-to-image recipe: its best checkpoint's backbone initialises the fine-tune)
+    objective: str = "ssl"
 
 
 @dataclass(frozen=True)
@@ -60,15 +67,17 @@ class Sweep:
     overrides: dict[str, Any] = field(default_factory=dict)
     pretrain_overrides: dict[str, Any] = field(default_factory=dict)
     metric: str = "auroc"
+    folds: int | None = None  # k of patient-level k-fold cross-validation; None: one fixed split
 
 
 @dataclass(frozen=True)
 class PretrainRun:
-    """One pretraining run per (backbone, `pretrain` init), shared by every seed and fraction that fine-tunes it."""
+    """One pretraining run per (backbone, `pretrain` init[, fold]), shared by every seed and fraction that fine-tunes it."""
 
     run_id: str
     backbone: Backbone
     init: Init
+    fold: int | None = None  # with folds, pretraining sees only this fold's training patients
 
 
 @dataclass(frozen=True)
@@ -79,26 +88,40 @@ class Run:
     fraction: float
     seed: int
     pretrain_id: str | None = None  # the PretrainRun whose encoder this run starts from
+    fold: int | None = None  # the test fold (None: the sweep has no folds)
 
 
-def run_id(backbone: str, init: str, fraction: float, seed: int) -> str:
-    """`convnext_atto-random-f0.05-s1`: readable, unique within a sweep, and a safe file name."""
-    return f"{backbone}-{init}-f{fraction:g}-s{seed}"
+def _fold_tag(fold: int | None) -> str:
+    return "" if fold is None else f"-fold{fold}"  # not `f{k}`: `f` already tags the label fraction
 
 
-def pretrain_id(backbone: str, init: str) -> str:
-    return f"pretrain-{backbone}-{init}"
+def run_id(backbone: str, init: str, fraction: float, seed: int, fold: int | None = None) -> str:
+    """`convnext_atto-random-f0.05-s1` (`...-s1-fold2` with folds): readable, unique within a sweep, a safe file name."""
+    return f"{backbone}-{init}-f{fraction:g}-s{seed}{_fold_tag(fold)}"
+
+
+def pretrain_id(backbone: str, init: str, fold: int | None = None) -> str:
+    return f"pretrain-{backbone}-{init}{_fold_tag(fold)}"
+
+
+def folds(sweep: Sweep) -> list[int | None]:
+    """The test folds a run is repeated on: 0..k-1, or [None] without folds."""
+    return list(range(sweep.folds)) if sweep.folds else [None]
 
 
 def expand(sweep: Sweep) -> list[Run]:
     """Every fine-tune of the sweep, sorted by run id (the order shards slice)."""
-    runs = [Run(run_id(b.name, i.name, f, s), b, i, f, s, pretrain_id(b.name, i.name) if i.kind == "pretrain" else None)
-            for b in sweep.backbones for i in sweep.inits for f in sweep.fractions for s in sweep.seeds]
+    runs = [Run(run_id(b.name, i.name, f, s, k), b, i, f, s, pretrain_id(b.name, i.name, k) if i.kind == "pretrain" else None, k)
+            for b in sweep.backbones for i in sweep.inits for f in sweep.fractions for s in sweep.seeds for k in folds(sweep)
+            # A supervised first stage is shared by every fraction and reads every training patient's annotations:
+            # below 1.0 its arm would see labels the fraction withholds, so that arm runs at 1.0 only.
+            if i.objective != "supervised" or f == 1.0]
     return sorted(runs, key=lambda r: r.run_id)
 
 
 def pretrain_runs(sweep: Sweep) -> list[PretrainRun]:
-    runs = [PretrainRun(pretrain_id(b.name, i.name), b, i) for b in sweep.backbones for i in sweep.inits if i.kind == "pretrain"]
+    runs = [PretrainRun(pretrain_id(b.name, i.name, k), b, i, k)
+            for b in sweep.backbones for i in sweep.inits if i.kind == "pretrain" for k in folds(sweep)]
     return sorted(runs, key=lambda r: r.run_id)
 
 
@@ -158,6 +181,7 @@ def parse_sweep(raw: Any, base_dir: Path, default_name: str = "sweep") -> Sweep:
         overrides=_overrides(raw.get("overrides"), "overrides"),
         pretrain_overrides=_overrides(raw.get("pretrain_overrides"), "pretrain_overrides"),
         metric=str(raw.get("metric", "auroc")),
+        folds=None if raw.get("folds") is None else _int(raw["folds"], "folds", minimum=2),
     )
     for label, values in (("backbone names", [b.name for b in backbones]), ("init names", [i.name for i in inits]),
                           ("fractions", fractions), ("seeds", seeds)):
@@ -234,8 +258,14 @@ def _backbone(raw: Any, base_dir: Path) -> Backbone:
     model_args = raw.get("model_args")
     if model_args is not None and not isinstance(model_args, dict):
         raise ConfigError(f"backbone {name}: model_args must be a mapping, not {model_args!r}")
+    tag = raw.get("pretrained_tag")
+    if tag is not None and (not isinstance(tag, str) or not tag or "." in tag or ":" in tag):
+        raise ConfigError(f"backbone {name}: pretrained_tag is a timm tag such as fb_in1k (the part after the dot of "
+                          f"convnext_tiny.fb_in1k), not {tag!r}")
+    if tag is not None and not timm_name:
+        raise ConfigError(f"backbone {name}: pretrained_tag needs the backbone's timm_name to append it to")
     return Backbone(name, family, timm_name, configs, tuple(_paths(raw.get("pretrain_configs", []), base_dir,
-                    f"backbone {name} pretrain_configs")), model_args)
+                    f"backbone {name} pretrain_configs")), model_args, tag)
 
 
 def _inits(raw: Any) -> list[tuple[str, Any]]:
@@ -259,12 +289,20 @@ def _init(name: Any, spec: Any, base_dir: Path) -> Init:
     name = _name(name, "inits")
     if spec in (None, "random") or spec == {"random": None}:
         return Init(name, "random")
+    if spec == "pretrained":  # each backbone's own timm weights (timm_name + pretrained_tag), not a file
+        return Init(name, "pretrained")
     if isinstance(spec, str) and spec in INIT_KINDS:
         raise ConfigError(f"init {name}: {spec} needs a value, e.g. `{name}: {{{spec}: ...}}`")
     if not isinstance(spec, dict):
-        raise ConfigError(f"init {name}: give random, or one of {{pretrained: FILE}}, {{ssl_export: FILE}}, "
+        raise ConfigError(f"init {name}: give random, pretrained (each backbone's timm weights), or one of {{pretrained: FILE}}, {{ssl_export: FILE}}, "
                           f"{{pretrain: [CONFIGS]}}, not {spec!r}")
-    _no_unknown(spec, {"pretrained", "ssl_export", "pretrain", "steps"}, f"init {name}")
+    _no_unknown(spec, {"pretrained", "ssl_export", "pretrain", "supervised", "steps"}, f"init {name}")
+    if "supervised" in spec:  # a supervised first stage is a pretraining run whose best checkpoint initialises
+        if "pretrain" in spec:
+            raise ConfigError(f"init {name}: give pretrain (self-supervised) or supervised (a labelled first stage), "
+                              "not both")
+        spec = {**{k: v for k, v in spec.items() if k != "supervised"}, "pretrain": spec["supervised"],
+                "objective": "supervised"}
     kinds = [k for k in ("pretrained", "ssl_export", "pretrain") if k in spec]
     if len(kinds) != 1:
         raise ConfigError(f"init {name}: give exactly one of pretrained, ssl_export, pretrain (got {kinds or 'none'})")
@@ -272,7 +310,8 @@ def _init(name: Any, spec: Any, base_dir: Path) -> Init:
     if kind == "pretrain":
         steps = spec.get("steps")
         return Init(name, kind, configs=tuple(_paths(spec["pretrain"], base_dir, f"init {name} pretrain")),
-                    steps=None if steps is None else _int(steps, f"init {name} steps", minimum=1))
+                    steps=None if steps is None else _int(steps, f"init {name} steps", minimum=1),
+                    objective=spec.get("objective", "ssl"))
     if "steps" in spec:
         raise ConfigError(f"init {name}: steps applies to `pretrain` inits only")
     value = spec[kind]

@@ -1,4 +1,4 @@
-"""Callbacks that write a run's files: evaluation reports and plots (RunOutputs), predictions (PredictionCSVWriter;
+"""Callbacks that write a run's files: evaluation reports and ROC/reliability plots (RunOutputs), predictions (PredictionCSVWriter;
 BagPredictionWriter for MIL), pretrained encoders (EncoderExport), SSL monitors (RepresentationProbe, MaskPreview)."""
 
 from medconv.callbacks.bag_predictions import BagPredictionWriter

@@ -1,5 +1,6 @@
 """Every file an evaluation writes, in one place: predictions at the best epoch, test/validate reports with
-bootstrap confidence intervals, ROC plots, and the closing summary of a fit.
+patient-bootstrap confidence intervals, calibration and subgroup metrics, ROC and reliability plots, and the
+closing summary of a fit.
 
 "Best" is the ModelCheckpoint's monitor and mode, so the predictions, the summary and the ROC plot describe the
 checkpoint that `--ckpt_path best` loads.
@@ -12,25 +13,32 @@ import math
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from medconv.callbacks.calibration import plot_reliability
 from medconv.callbacks.files import finite, read_predictions, run_dir, write_predictions
 from medconv.callbacks.roc import plot_roc
+from medconv.callbacks.subgroups import check_columns, with_columns
 from medconv.io.atomic import write_json
-from medconv.tasks.metrics import CI_METRICS, evaluate
+from medconv.tasks.metrics import CI_METRICS, evaluate_report
+from medconv.tasks.subgroups import MIN_PER_CLASS, subgroup_metrics
 
 BEST_VAL = "val_predictions_best.csv"
 
 
 class RunOutputs(L.Callback):
     """Args:
-        bootstrap: resamples for the 95% intervals of AUROC/AUPRC in test and validate reports (0: none).
+        bootstrap: resamples for the intervals of AUROC/AUPRC in test and validate reports (0: none); patients are
+            resampled (all images of a drawn patient), images only when the rows carry no patient id.
         ci_level: the intervals' coverage.
         seed: the bootstrap's seed (reports are reproducible).
+        subgroups: manifest columns (e.g. `[density, site]`) whose values each get their own metrics and intervals
+            in the report; subgroups with fewer than 5 images of a class get no interval, and a note.
     """
 
-    def __init__(self, bootstrap: int = 1000, ci_level: float = 0.95, seed: int = 0):
+    def __init__(self, bootstrap: int = 1000, ci_level: float = 0.95, seed: int = 0, subgroups: list[str] | None = None):
         self.bootstrap = bootstrap
         self.ci_level = ci_level
         self.seed = seed
+        self.subgroups = list(subgroups or [])
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] = {}
 
@@ -84,6 +92,10 @@ class RunOutputs(L.Callback):
         print("\n".join(lines), flush=True)
 
     # --- test / validate: a report of their own -------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage in ("test", "validate"):  # a missing subgroup column is refused before any image is evaluated
+            check_columns(trainer.datamodule, "test" if stage == "test" else "val", self.subgroups)
+
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._report(trainer, pl_module, "test")
 
@@ -93,20 +105,40 @@ class RunOutputs(L.Callback):
         if not rows:
             return
         out = run_dir(trainer)
-        metrics = evaluate(rows, pl_module.eval_groups, pl_module.group_reduce, n_boot=self.bootstrap, seed=self.seed)
+        rows, unmatched = with_columns(rows, trainer.datamodule, stage, self.subgroups)
+        result = evaluate_report(rows, pl_module.eval_groups, pl_module.group_reduce, n_boot=self.bootstrap, seed=self.seed,
+                                 level=self.ci_level)
+        subgroups = {c: subgroup_metrics(rows, c, self.bootstrap, self.seed, self.ci_level) for c in self.subgroups if c in rows}
         preds = write_predictions(rows, out / f"{stage}_predictions.csv", _classes(trainer))
         png = plot_roc(rows, out / f"roc_{stage}.png", pl_module.eval_groups, pl_module.group_reduce, title=f"{stage} ROC")
+        reliability = plot_reliability(rows, out / f"reliability_{stage}.png", title=f"{stage} calibration")
+        image = result.bootstrap.get("image", {})
         report = {
             "checkpoint": str(trainer.ckpt_path or ""),
             "manifest": str(getattr(trainer.datamodule, "manifest", "") or ""),
-            "bootstrap": {"resamples": self.bootstrap, "level": self.ci_level, "seed": self.seed, "stratified_by": "label"},
-            "metrics": finite(metrics),
+            "bootstrap": {"resamples": self.bootstrap, "level": self.ci_level, "seed": self.seed,
+                          "resampled": image.get("resampled"),
+                          "stratified_by": "each resampled unit's highest label", "interval": "percentile",
+                          "levels": result.bootstrap},
+            "calibration": {"ece": "10 equal-width bins of the positive-class probability (top label for more classes)",
+                            "ece_adaptive": "10 equal-count bins", "brier": "mean squared error of that probability"},
+            "metrics": finite(result.metrics),
         }
+        if self.subgroups:
+            report["subgroups"] = {c: {v: finite(m) for v, m in groups.items()} for c, groups in subgroups.items()}
+            report["subgroups_min_per_class"] = MIN_PER_CLASS
+            if unmatched:
+                report["subgroups_unmatched"] = unmatched
         write_json(out / f"{stage}_metrics.json", report)
         lines = ["", f"medconv {'test' if stage == 'test' else 'validate'} finished", f"  output directory  {out}",
                  f"  checkpoint        {report['checkpoint']}", f"  predictions       {preds}", f"  metrics           {out / f'{stage}_metrics.json'}"]
-        lines += [f"  plot              {png}"] if png else []
-        lines += [f"  {line}" for line in _metric_lines(metrics)]
+        lines += [f"  plot              {p}" for p in (png, reliability) if p]
+        if image:
+            lines.append(f"  intervals         {self.ci_level:.0%} percentile bootstrap over {image['clusters']} {image['resampled']}, "
+                         f"{image['resamples']} resamples ({image['degenerate']} redrawn: a class missing)")
+        lines += [f"  {line}" for line in _metric_lines(result.metrics, self.ci_level)]
+        lines += [f"  {line}" for line in _subgroup_lines(subgroups, self.ci_level)]
+        lines += [f"  subgroups {', '.join(unmatched)}: no manifest row matched the predictions; not reported"] if unmatched else []
         print("\n".join(lines), flush=True)
 
     def state_dict(self) -> dict:
@@ -117,21 +149,38 @@ class RunOutputs(L.Callback):
         self.best = dict(state_dict.get("best", {}))
 
 
-def _metric_lines(metrics: dict[str, float]) -> list[str]:
+def _ci_text(metrics: dict, key: str, level: float) -> str:
+    if f"{key}_ci_low" not in metrics:
+        return ""
+    return f" ({level:.0%} CI {metrics[f'{key}_ci_low']:.3f}-{metrics[f'{key}_ci_high']:.3f})"
+
+
+def _metric_lines(metrics: dict[str, float], level: float = 0.95) -> list[str]:
     """`breast auroc 0.912 (95% CI 0.851-0.962), n=120` per level and metric."""
     lines = []
     levels = sorted({k.rsplit("/", 1)[0] if "/" in k else "" for k in metrics}, key=lambda s: (s != "", s))
-    for level in levels:
-        prefix = f"{level}/" if level else ""
+    for level_name in levels:
+        prefix = f"{level_name}/" if level_name else ""
         n = metrics.get(f"{prefix}n")
-        for name in ("auroc", "auprc", "sens_at_90spec", "bal_acc"):
+        for name in ("auroc", "auprc", "sens_at_90spec", "bal_acc", "ece", "brier"):
             value = metrics.get(prefix + name)
             if value is None or math.isnan(value):
                 continue
-            ci = ""
-            if name in CI_METRICS and f"{prefix}{name}_ci_low" in metrics:
-                ci = f" (95% CI {metrics[f'{prefix}{name}_ci_low']:.3f}-{metrics[f'{prefix}{name}_ci_high']:.3f})"
-            lines.append(f"{level or 'image':<8} {name:<15} {value:.3f}{ci}, n={int(n or 0)}")
+            ci = _ci_text(metrics, prefix + name, level) if name in CI_METRICS else ""
+            lines.append(f"{level_name or 'image':<8} {name:<15} {value:.3f}{ci}, n={int(n or 0)}")
+    return lines
+
+
+def _subgroup_lines(subgroups: dict[str, dict[str, dict]], level: float) -> list[str]:
+    """`density=B   auroc 0.801 (95% CI 0.702-0.884), n=60, 12 positive` per subgroup."""
+    lines = []
+    for column, groups in subgroups.items():
+        for value, m in groups.items():
+            auroc = m.get("auroc")
+            shown = f"auroc {auroc:.3f}{_ci_text(m, 'auroc', level)}" if auroc is not None else "auroc n/a"
+            positives = f", {m['positives']} positive" if m.get("positives") is not None else ""
+            note = f" [{m['note']}]" if m.get("note") else ""
+            lines.append(f"{column}={value:<6} {shown}, n={m['n']}{positives}{note}")
     return lines
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 from torch.utils.data import DataLoader, Dataset
 
 from medconv.data.samplers import EpochSeededSampler, balanced_weights
-from medconv.data.splits import assign_splits, label_fraction_mask
+from medconv.data.splits import assign_fold_splits, assign_splits, label_fraction_mask
 from medconv.errors import ConfigError
 
 STAGES = ("train", "val", "test", "predict")
@@ -25,6 +25,10 @@ class ClassificationDataModule(L.LightningDataModule):
 
     `split_seed` draws the patient-level train/val/test split (None: `seed`); `seed` draws the nested label-fraction
     subset, augmentation and batch order. Fixing `split_seed` keeps the test patients the same across an ablation.
+
+    `n_folds` (None: one split as above) switches to patient-level k-fold cross-validation for small sets: the
+    patients are dealt into `n_folds` stratified folds by `split_seed`, the test set is fold `fold`, and
+    validation is `val_fraction` of the other folds' patients (`test_fraction` must then stay 0).
     """
 
     def __init__(
@@ -42,6 +46,8 @@ class ClassificationDataModule(L.LightningDataModule):
         split_seed: int | None = None,
         balanced_sampling: bool = False,
         predict_split: str = "test",
+        n_folds: int | None = None,
+        fold: int = 0,
     ):
         super().__init__()
         self.manifest = manifest
@@ -56,6 +62,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.seed = seed
         # An ablation fixes split_seed so the held-out patients stay the same while `seed` varies the label subset.
         self.split_seed = split_seed
+        self.n_folds, self.fold = n_folds, fold
         self.balanced_sampling = balanced_sampling
         self.predict_split = predict_split
         self.table: pd.DataFrame | None = None
@@ -70,7 +77,14 @@ class ClassificationDataModule(L.LightningDataModule):
     # --- what subclasses provide -------------------------------------------------------------
     def describe(self) -> dict:
         """What inference must repeat, written into each checkpoint's run record: modality and preprocessing."""
-        return {"modality": self.modality, "preprocessing": self.preprocessing()}
+        return {"modality": self.modality, "preprocessing": self.preprocessing(), **self.split_description()}
+
+    def split_description(self) -> dict:
+        """Which patients were held out: k-fold settings and the seed that drew the split (recorded in checkpoints)."""
+        return {"n_folds": self.n_folds, "fold": self.fold if self.n_folds else None, "split_seed": self._split_seed()}
+
+    def _split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
     def preprocessing(self) -> dict:
         """The recipe from a file to the model's input (crop, flip, resize, tile geometry, normalisation)."""
@@ -111,6 +125,7 @@ class ClassificationDataModule(L.LightningDataModule):
         return self.table
 
     def setup(self, stage: str | None = None) -> None:
+        _check_folds(self.n_folds, self.fold, self.test_fraction)  # here, not in __init__: a one-line CLI error
         table = self._table().copy()
         index = {c: i for i, c in enumerate(self.classes)}
         table["label_index"] = table["label"].map(index)
@@ -119,13 +134,15 @@ class ClassificationDataModule(L.LightningDataModule):
             raise ConfigError(f"labels {unknown} in {self.manifest or 'the data'} are not among classes {self.classes}")
         table["label_index"] = table["label_index"].astype(int)
         given = table["split"] if "split" in table.columns else pd.Series([""] * len(table), index=table.index)
-        if (given == "").all() and stage in ("test", "predict") and self.test_fraction == 0:
+        if self.n_folds is not None:
+            table["split"] = self._fold_splits(table, given)
+        elif (given == "").all() and stage in ("test", "predict") and self.test_fraction == 0:
             table["split"] = "test"  # an external set (no split column): every row is evaluated
         elif (given == "").all():
             try:
                 table["split"] = assign_splits(
                     table["patient_id"].tolist(), table["label_index"].tolist(), self.val_fraction, self.test_fraction,
-                    self.seed if self.split_seed is None else self.split_seed,
+                    self._split_seed(),
                 )
             except ValueError as err:
                 raise ConfigError(
@@ -142,6 +159,17 @@ class ClassificationDataModule(L.LightningDataModule):
         for name in STAGES:
             if len(self.splits[name]):
                 self.datasets[name] = self.make_dataset(self.splits[name].reset_index(drop=True), name)
+
+    def _fold_splits(self, table: pd.DataFrame, given: pd.Series) -> list[str]:
+        where = self.manifest or "the data"
+        if not (given == "").all():
+            raise ConfigError(f"{where}: n_folds={self.n_folds} draws its own patient folds, but the manifest has a split "
+                              "column; drop that column for cross-validation, or set n_folds: null to use it")
+        try:
+            return assign_fold_splits(table["patient_id"].tolist(), table["label_index"].tolist(), self.n_folds, self.fold,
+                                      self.val_fraction, self._split_seed()).tolist()
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}") from err
 
     # --- which patients a checkpoint has seen -------------------------------------------------
     def state_dict(self) -> dict:
@@ -205,6 +233,17 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict")
+
+
+def _check_folds(n_folds: int | None, fold: int, test_fraction: float) -> None:
+    if n_folds is None:
+        return
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
+        raise ConfigError(f"n_folds must be an integer >= 2 (or null for one split), not {n_folds!r}")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < n_folds:
+        raise ConfigError(f"fold must be in 0..{n_folds - 1} for n_folds={n_folds}, not {fold!r}")
+    if test_fraction:
+        raise ConfigError(f"with n_folds={n_folds} the test set is fold {fold}: set test_fraction to 0 (it is {test_fraction})")
 
 
 def patient_hash(patient_id: str) -> str:

@@ -1,10 +1,12 @@
-"""Patient-level splits and nested label fractions: pure functions of the table and the seed."""
+"""Patient-level splits, k folds and nested label fractions: pure functions of the table and the seed."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+
+FOLD_STREAM = 1  # the random stream of fold assignment (the train/val/test split uses none)
 
 
 def _group_strata(groups: Sequence[str], labels: Sequence[int]) -> dict[int, list[str]]:
@@ -18,8 +20,8 @@ def _group_strata(groups: Sequence[str], labels: Sequence[int]) -> dict[int, lis
     return strata
 
 
-def _permuted(items: list[str], seed: int, stratum: int) -> list[str]:
-    rng = np.random.default_rng([seed, stratum])
+def _permuted(items: list[str], seed: int, stratum: int, stream: int | None = None) -> list[str]:
+    rng = np.random.default_rng([seed, stratum] if stream is None else [seed, stratum, stream])
     return [items[i] for i in rng.permutation(len(items))]
 
 
@@ -39,6 +41,45 @@ def assign_splits(
         for i, g in enumerate(order):
             split_of[g] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     return np.array([split_of[g] for g in groups])
+
+
+def assign_folds(groups: Sequence[str], labels: Sequence[int], n_folds: int, seed: int) -> np.ndarray:
+    """Fold index (0..n_folds-1) per row; every patient in exactly one fold, stratified by patient label.
+
+    Each stratum's patients, shuffled by the seed, are dealt round-robin, continuing the rotation from one stratum to
+    the next: every fold then holds within one patient of its share of each stratum and of all patients.
+    """
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be at least 2, not {n_folds}")
+    strata = _group_strata(groups, labels)
+    n_patients = sum(len(members) for members in strata.values())
+    if n_patients < n_folds:
+        raise ValueError(f"{n_patients} patients cannot fill {n_folds} folds; use fewer folds")
+    fold_of: dict[str, int] = {}
+    dealt = 0
+    for stratum in sorted(strata):
+        # its own random stream: the folds are not the train/val/test split's permutation cut differently
+        for g in _permuted(strata[stratum], seed, stratum, stream=FOLD_STREAM):
+            fold_of[g] = dealt % n_folds
+            dealt += 1
+    return np.array([fold_of[g] for g in groups], dtype=np.int64)
+
+
+def assign_fold_splits(
+    groups: Sequence[str], labels: Sequence[int], n_folds: int, fold: int, val_fraction: float, seed: int
+) -> np.ndarray:
+    """'train' / 'val' / 'test' per row for fold `fold` of patient-level k-fold cross-validation.
+
+    The test set is fold `fold` of `assign_folds`; validation is `val_fraction` of the other folds' patients
+    (stratified, as `assign_splits` draws it); the rest is training. Over folds 0..k-1 every patient is tested once.
+    """
+    if not 0 <= fold < n_folds:
+        raise ValueError(f"fold must be in 0..{n_folds - 1} for n_folds={n_folds}, not {fold}")
+    folds = assign_folds(groups, labels, n_folds, seed)
+    out = np.full(len(folds), "test", dtype="<U5")
+    rest = np.flatnonzero(folds != fold)
+    out[rest] = assign_splits([groups[i] for i in rest], [labels[i] for i in rest], val_fraction, 0.0, seed)
+    return out
 
 
 def label_fraction_mask(groups: Sequence[str], labels: Sequence[int], fraction: float, seed: int) -> np.ndarray:

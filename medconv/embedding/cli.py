@@ -1,6 +1,7 @@
 """`medconv embed ENCODER INPUT... --out DIR`: tile features per slide for MIL training (CLAM/TRIDENT layout).
 
-ENCODER: a timm model name (with --weights FILE; without, random weights: a baseline only), an SSL export
+ENCODER: a pathology encoder by name (`uni`, `virchow2`, ...: `--list-encoders` prints them; weights from the
+Hugging Face cache or hub), a timm model name (with --weights FILE; without, random weights: a baseline only), an SSL export
 (encoder.safetensors + encoder.json, or their run folder), or a medconv classification .ckpt / run folder (its
 backbone). INPUT: slide files, folders, globs or a manifest CSV (`slide_path` [, slide_id, mpp]). Writes
 <out>/<slide>.h5 (features, coords), optionally <out>/pt_files/<slide>.pt, and summary.csv; a rerun skips slides
@@ -23,10 +24,13 @@ PROG = "medconv embed"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("encoder", metavar="ENCODER", help="timm name, SSL export (folder or encoder.safetensors), or medconv "
-                   ".ckpt / run folder")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="slides: files, folders, globs or a manifest .csv")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("encoder", nargs="?", metavar="ENCODER", help="registry name (--list-encoders), timm name, SSL "
+                   "export (folder or encoder.safetensors), or medconv .ckpt / run folder")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="slides: files, folders, globs or a manifest .csv")
+    p.add_argument("--out", type=Path, help="output folder")
+    p.add_argument("--list-encoders", nargs="?", const="table", choices=("table", "markdown"), default=None,
+                   help="print the encoders known by name (hub id, arch, feature dim, input size, mpp, licence, extra) "
+                   "and exit; `markdown` for a table to paste")
     p.add_argument("--weights", default=None, help="local weights file for a timm ENCODER (.safetensors/.pth/.ckpt)")
     p.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="stored feature dtype")
     p.add_argument("--clam-pt", action="store_true", help="also write pt_files/<slide>.pt (what CLAM's training reads)")
@@ -54,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
     from medconv.embedding.run import embed_options, embed_slides, write_summary
     from medconv.slides.jobs import slide_jobs
 
+    if args.list_encoders:
+        print(encoder_table(markdown=args.list_encoders == "markdown"))
+        return 0
+    if args.encoder is None or not args.inputs or args.out is None:
+        raise ConfigError("pass ENCODER, at least one INPUT and --out DIR (or --list-encoders to see the encoders "
+                          "known by name).")
     image_size = parse_size(args.image_size)
     for name in ("tile_size", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -83,6 +93,22 @@ def run(args: argparse.Namespace) -> int:
         for r in failed:
             print(f"  failed {r['slide']}: {r['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def encoder_table(markdown: bool = False) -> str:
+    """The registry as a table: aligned text for the terminal, or markdown (docs/embedding.md holds this one)."""
+    from medconv.models.encoder_registry import encoder_rows
+
+    rows = encoder_rows()
+    header = list(rows[0])
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(f"`{v}`" if k in ("name", "hub id") else v for k, v in r.items())
+                                   + " |" for r in rows])
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in header}
+    lines = ["  ".join(k.ljust(widths[k]) for k in header).rstrip()]
+    lines += ["  ".join(r[k].ljust(widths[k]) for k in header).rstrip() for r in rows]
+    return "\n".join(lines)
 
 
 def parse_size(value: str | None) -> tuple[int, int] | None:

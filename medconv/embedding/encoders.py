@@ -1,6 +1,9 @@
 """ENCODER -> a frozen backbone that maps normalised tiles to pooled features, and the record to rebuild it.
 
-Three kinds, told apart by what the spec names:
+Four kinds, told apart by what the spec names:
+- a registry name (`uni`, `virchow2`, `encoder:h-optimus-0`; `medconv.models.encoder_registry`): a pathology
+  foundation model from its Hugging Face repo through timm (or transformers), with its own feature recipe,
+  normalisation, input size and mpp; the record names the entry, the hub commit and the weights' sha256;
 - a timm model name, with a local weights file (`weights`) or random weights (a baseline only; seeded, so every
   process and every rebuild gets the same ones);
 - an SSL export: a run directory or `encoder.safetensors` with its `encoder.json` (`medconv fit` of a pretraining
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 from medconv.errors import CheckpointError, ConfigError, InputFileError
+from medconv.models.encoder_registry import EncoderEntry, encoder_entry, is_encoder_name
 from medconv.run_dirs import is_run
 from medconv.tiling.feature_store import encoder_fingerprint
 
@@ -77,6 +81,8 @@ def load_encoder(spec: str, weights: str | None = None, img_size: tuple[int, int
         kind, source = "ssl", path if path.suffix == ".safetensors" else path.parent / EXPORT_WEIGHTS
     elif path.suffix == ".ckpt" or path.is_dir() and is_run(path):
         kind, source = "checkpoint", path
+    elif is_encoder_name(spec):
+        kind, source = "registry", None
     elif path.exists():
         raise InputFileError(f"{path}: not an encoder; pass a timm model name (with --weights FILE), an SSL export "
                              f"({EXPORT_WEIGHTS} with its {EXPORT_META}, or their run folder), or a medconv .ckpt / run folder.")
@@ -84,6 +90,8 @@ def load_encoder(spec: str, weights: str | None = None, img_size: tuple[int, int
         kind, source = "timm", None
     if weights is not None and kind != "timm":
         raise ConfigError(f"--weights {weights}: only for a timm model name; {spec} already brings its weights.")
+    if kind == "registry":
+        return _registry(encoder_entry(spec), img_size)
     if kind == "ssl":
         return _ssl_export(source, img_size)
     if kind == "checkpoint":
@@ -97,6 +105,12 @@ def encoder_from_info(info: dict[str, Any]) -> Encoder:
     if kind == "checkpoint":
         _check_sha(info["checkpoint"], info.get("checkpoint_sha256"))
         encoder = _checkpoint(Path(info["checkpoint"]), None)
+    elif kind == "registry":
+        encoder = _registry(EncoderEntry.from_record(info), None, info.get("revision"))
+        if info.get("weights_sha256") and encoder.info["weights_sha256"] != info["weights_sha256"]:
+            raise InputFileError(f"{info['hub_id']}: the cached weights ({encoder.info['weights']}) are not the ones the "
+                                 f"features were made with (sha256 {info['weights_sha256'][:12]}...); restore that "
+                                 "revision or re-embed.")
     elif kind in ("timm", "ssl"):
         weights = info.get("weights")
         if weights:
@@ -106,7 +120,7 @@ def encoder_from_info(info: dict[str, Any]) -> Encoder:
         encoder = Encoder(module, int(info["num_features"]), tuple(info["mean"]), tuple(info["std"]), int(info["in_chans"]),
                           _size(info.get("build_img_size")), info.get("tile_size"), info.get("target_mpp"), dict(info))
     else:
-        raise ConfigError(f"encoder record of kind {kind!r}: expected timm, ssl or checkpoint (a medconv feature file's "
+        raise ConfigError(f"encoder record of kind {kind!r}: expected registry, timm, ssl or checkpoint (a medconv feature file's "
                           "`encoder` attribute).")
     encoder.mean, encoder.std = tuple(info["mean"]), tuple(info["std"])
     if info.get("img_size"):
@@ -180,6 +194,36 @@ def _timm(name: str, weights: str | None, img_size: tuple[int, int] | None) -> E
             "weights_sha256": sha256(weights) if weights else None, "random_seed": None if weights else RANDOM_SEED,
             "mean": list(mean), "std": list(std), "tile_size": None, "target_mpp": None}
     return Encoder(module, info["num_features"], mean, std, 3, img_size, None, None, info)
+
+
+def _registry(entry: EncoderEntry, img_size: tuple[int, int] | None, revision: str | None = None) -> Encoder:
+    """A registry entry with its hub weights (see `medconv.models.encoder_build`), its recipe and data settings."""
+    from medconv.models.encoder_build import build_encoder_model, cached_weights
+    from medconv.models.hub import sha256 as file_sha256  # a cache blob's name is its sha256: not re-read
+
+    module = build_encoder_model(entry, pretrained=True, revision=revision).requires_grad_(False)
+    found = cached_weights(entry, revision)
+    weights, commit = found if found else (None, revision)
+    build = (entry.input_size, entry.input_size)
+    info = {"kind": "registry", **entry.record(), "revision": commit, "in_chans": 3, "img_size": list(build),
+            "build_img_size": list(build), "num_features": entry.feature_dim,
+            "weights": str(weights) if weights else None,
+            # the file timm or transformers loaded, else (a cache it does not name) the tensors it loaded
+            "weights_sha256": file_sha256(weights) if weights else _state_sha256(module), "tile_size": entry.tile,
+            "target_mpp": entry.mpp}
+    encoder = Encoder(module, entry.feature_dim, tuple(entry.mean), tuple(entry.std), 3, build, entry.tile, entry.mpp,
+                      info)
+    if img_size is not None:
+        encoder.set_img_size(img_size)
+    return encoder
+
+
+def _state_sha256(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _ssl_export(weights: Path, img_size: tuple[int, int] | None) -> Encoder:

@@ -50,14 +50,16 @@ def embed_options(encoder: Encoder, out_dir: Path, *, tile_size: int | None = No
                   image_size: tuple[int, int] | None = None, **kwargs: Any) -> EmbedOptions:
     """Options with the defaults `medconv embed` uses, and the encoder set to take `image_size`.
 
-    Tile size and mpp: given, else the encoder's (a medconv run's config, an SSL export's data), else 224 px at
-    0.5 um/px. Image size: given, else a medconv classifier's training size, else the tile size.
+    Tile size and mpp: given, else the encoder's (a registry entry's, a medconv run's config, an SSL export's data),
+    else 224 px at 0.5 um/px. Image size: given, else a registry entry's input size or a medconv classifier's training
+    size, else the tile size.
     `kwargs`: the other `EmbedOptions` fields (coords_dir, min_tissue, batch_size, dtype, clam_pt, ...).
     """
     tile_size = int(tile_size or encoder.tile_size or DEFAULT_TILE_SIZE)
     target_mpp = float(target_mpp or encoder.target_mpp or DEFAULT_TARGET_MPP)
     if image_size is None:
-        image_size = encoder.img_size if encoder.info.get("kind") == "checkpoint" and encoder.img_size else (tile_size, tile_size)
+        own = encoder.info.get("kind") in ("checkpoint", "registry") and encoder.img_size
+        image_size = encoder.img_size if own else (tile_size, tile_size)
     encoder.set_img_size(tuple(image_size))
     if kwargs.get("dtype", "float16") not in DTYPES:
         raise ConfigError(f"--dtype {kwargs['dtype']!r}: choose one of {', '.join(DTYPES)}.")

@@ -6,10 +6,16 @@ ones in between are left out, as in training); a slide is tumour when its mask h
 pathology pieces (multi-instance ground truth, isolated tumour cells excluded, probability NMS) at the mask's
 resolution, rounded to a power of two as those functions expect.
 
-Besides the tile AUROC pooled over all slides, `tile_within_tumour` is the tile AUROC inside each tumour slide
-(tumour tiles against that slide's normal tiles) and its mean over those slides: the localisation question
+Intervals are percentile bootstraps over slides (a drawn slide brings all its tiles), stratified by whether the
+slide has tumour; `bootstrap` beside them says how many slides and resamples. Besides the tile AUROC pooled over
+all slides, `tile_within_tumour` is the tile AUROC inside each tumour slide (tumour tiles against that slide's
+normal tiles) and its mean over those slides: the localisation question
 ("within a tumour slide, does the map point at the tumour?") without the slides' differing score levels mixed
 in, which matters for maps that are relative within a slide (a MIL model's attention / its maximum).
+
+On a mammogram output (`predictions.csv` with Grad-CAM `saliency_map`s) it plays the pointing game instead
+(`medconv.inference.pointing`): `--masks` is then the manifest with lesion `boxes` or `mask_path`, and the report
+is the share of lesion images whose saliency maximum falls on the lesion, with a patient-bootstrap interval.
 """
 
 from __future__ import annotations
@@ -121,11 +127,12 @@ def evaluate_dir(out_dir: str | Path, masks: str | Path, names: list[str] | None
     if not per_slide:
         raise InputFileError(f"{out_dir}: none of the slides with masks has inference outputs (<slide>.h5).")
     report: dict[str, Any] = {"n_slides": len(per_slide), "slides": per_slide}
-    report["tile"] = _binary_metrics(np.concatenate(tile_p), np.concatenate(tile_y), n_boot)
+    tile_slides = np.repeat(list(per_slide), [len(t) for t in tile_p])  # tiles of one slide are resampled together
+    report["tile"] = _binary_metrics(np.concatenate(tile_p), np.concatenate(tile_y), n_boot, tile_slides)
     within = {name: s["tile_auroc"] for name, s in per_slide.items() if "tile_auroc" in s}
     report["tile_within_tumour"] = {"mean_auroc": float(np.mean(list(within.values()))) if within else float("nan"),
                                     "n_slides": len(within), "slides": within}
-    report["slide"] = _binary_metrics(np.asarray(slide_p), np.asarray(slide_y), n_boot)
+    report["slide"] = _binary_metrics(np.asarray(slide_p), np.asarray(slide_y), n_boot, list(per_slide))
     report["froc"] = lesion_froc(froc_items)
     write_json(out_dir / "quality.json", report)
     return report
@@ -135,12 +142,17 @@ def _auroc(p: np.ndarray, y: np.ndarray) -> float:
     return float(classification_metrics(np.stack([1 - p, p], axis=1), y)["auroc"])
 
 
-def _binary_metrics(p: np.ndarray, y: np.ndarray, n_boot: int) -> dict[str, float]:
+def _binary_metrics(p: np.ndarray, y: np.ndarray, n_boot: int, slides: list | np.ndarray) -> dict[str, Any]:
+    """AUROC/AUPRC with percentile intervals over resampled slides (a drawn slide brings all its tiles: tiles of
+    one slide are correlated, and counting them as independent would make the interval too narrow)."""
     probs = np.stack([1 - p, p], axis=1)
-    out = {k: v for k, v in classification_metrics(probs, y).items() if k in ("n", "auroc", "auprc")}
+    out: dict[str, Any] = {k: v for k, v in classification_metrics(probs, y).items() if k in ("n", "auroc", "auprc")}
     out["positives"] = float(y.sum())
-    for name, (low, high) in bootstrap_ci(probs, y, n_boot=n_boot).items():
+    ci = bootstrap_ci(probs, y, n_boot=n_boot, patient_ids=list(slides), unit="slides")
+    for name, (low, high) in ci.intervals.items():
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
+    if ci.info:
+        out["bootstrap"] = ci.info
     return out
 
 
@@ -212,19 +224,47 @@ def print_quality(report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="medconv evaluate-heatmaps", description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="a `medconv infer` output folder")
-    p.add_argument("--masks", required=True, help="folder of <slide>_tumor.png, or CSV with slide_id|slide_path, mask_path")
+    p.add_argument("--masks", required=True, help="folder of <slide>_tumor.png, or CSV with slide_id|slide_path, mask_path; "
+                   "for mammograms: the manifest with lesion boxes or mask_path")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: none)")
+    p.add_argument("--lesion-shape", choices=("box", "ellipse"), default="box",
+                   help="mammograms: read boxes as boxes, or as the ellipses inscribed in them (circle annotations)")
+    p.add_argument("--tolerance-px", type=int, default=0, help="mammograms: a maximum this close to a lesion is a hit")
     try:
         args = p.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
+        if _is_mammo_output(args.out):
+            return _pointing(args)
         report = evaluate_dir(args.out, args.masks, n_boot=args.bootstrap)
     except MedconvError as err:
         print(f"medconv evaluate-heatmaps: error: {err}", file=sys.stderr)
         return 2
     print_quality(report)
     print(f"wrote {args.out / 'quality.json'}", file=sys.stderr)
+    return 0
+
+
+def _is_mammo_output(out: Path) -> bool:
+    predictions = out / "predictions.csv"
+    if not predictions.is_file():
+        return False
+    with predictions.open() as table:
+        return "saliency_map" in table.readline().strip().split(",")
+
+
+def _pointing(args: argparse.Namespace) -> int:
+    from medconv.inference.pointing import hit_rate, pointing_table
+
+    table = pointing_table(args.out, Path(args.masks), shape=args.lesion_shape, tolerance_px=args.tolerance_px)
+    report = {**hit_rate(table, args.bootstrap), "lesion_shape": args.lesion_shape, "tolerance_px": args.tolerance_px}
+    table.to_csv(args.out / "pointing_images.csv", index=False)
+    write_json(args.out / "pointing.json", report)
+    ci = f" [{report['ci_low']:.3f}, {report['ci_high']:.3f}]" if "ci_low" in report else ""
+    print(f"pointing game over {report['n']} lesion images: hit rate {report['hit_rate']:.3f}{ci} "
+          f"(chance {report['chance']:.3f})", file=sys.stderr)
+    print(f"wrote {args.out / 'pointing.json'} and {args.out / 'pointing_images.csv'}", file=sys.stderr)
     return 0
 
 

@@ -10,9 +10,14 @@ import torch
 from torch import nn
 
 from medconv.errors import ConfigError
+from medconv.models import hub
 from medconv.models.attention import AttentionKernel, KernelScope, scope_attention_kernel, use_sdpa
-from medconv.models.weights import WeightReport, load_local_weights
+from medconv.models.key_maps import KeyMap
+from medconv.models.weights import WeightReport, load_local_weights, load_state
 
+#: create_model arguments medconv sets itself, never taken from a hub config.json into a rebuild spec
+_BUILD_ARGS = ("in_chans", "img_size", "num_classes", "drop_path_rate", "dynamic_img_size", "pretrained_cfg",
+               "pretrained_cfg_overlay", "pretrained_model_args", "cache_dir")
 # Families whose attention carries a relative-position bias (an SDPA attn_mask): CUDA flash takes none.
 _BIASED_ATTENTION = ("swin_transformer", "swin_transformer_v2")
 
@@ -23,13 +28,25 @@ class TimmBackbone(nn.Module):
     `img_size` and `in_chans` are linked from the data config by the CLI; models that fix their input size
     at construction (ViT position embeddings, Swin windows and masks, Hiera mask units) are built for it,
     non-square included, and their windows clamp to small feature maps. `dynamic_img_size` instead lets
-    ViT/Swin take any size per call. No hub downloads: weights come only from `pretrained_path`.
+    ViT/Swin take any size per call.
+
+    Pretrained weights come the way timm users have them: `pretrained: true` loads the weights `name` names
+    through timm's own hub loading (`timm.create_model(name, pretrained=True)`: the Hugging Face cache, HF_HOME,
+    HF_HUB_OFFLINE and login tokens for gated repos apply), or `pretrained_path` loads a local file. Either way
+    the weights are adapted to this model by one rule (input conv summed over RGB for 1 channel, position
+    embeddings and window tables resized) and `weight_report` says what was loaded, adapted and left out;
+    `weights` records where they came from (hub id, commit, file, sha256) for the run record. Weights that
+    cannot be had (offline and not cached, gated, unknown repo) are a PretrainedWeightsError saying what to do.
 
     Args:
-        name: timm model name (registry), e.g. convnext_tiny, swin_tiny_patch4_window7_224, hiera_tiny_224.
+        name: timm model name, optionally with a pretrained tag or a source: convnext_tiny, convnext_tiny.fb_in22k,
+            hf-hub:timm/resnet50d.ra2_in1k, local-dir:/path/to/folder (config.json + weights, timm's layout).
         in_chans: input channels (1 for raw mammograms); RGB weights' input conv is adapted to it as timm does.
         img_size: (H, W) the model is built for; ignored by models that take any size (CNNs, PVT-v2).
+        pretrained: load the weights `name` names (its tag, timm's default tag, or its hf-hub:/local-dir: source).
         pretrained_path: local timm/safetensors/Lightning/SSL weights; mismatches are reported.
+        pretrained_key_map: rename `pretrained_path`'s keys from another library's layout first: a built-in map
+            (efficientnet_pytorch) or {regex: replacement} (medconv.models.key_maps).
         strict_weights: make any missing/unexpected/mis-shaped key an error instead of a warning.
         drop_path_rate: stochastic depth.
         grad_checkpointing: recompute blocks in backward (timm's set_grad_checkpointing).
@@ -45,7 +62,9 @@ class TimmBackbone(nn.Module):
         name: str = "convnext_tiny",
         in_chans: int = 3,
         img_size: tuple[int, int] | int | None = None,
+        pretrained: bool = False,
         pretrained_path: str | None = None,
+        pretrained_key_map: KeyMap | None = None,
         strict_weights: bool = False,
         drop_path_rate: float = 0.0,
         grad_checkpointing: bool = False,
@@ -66,14 +85,32 @@ class TimmBackbone(nn.Module):
         if img_size is not None:
             img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
         self.img_size = img_size
+        if pretrained and pretrained_path:
+            raise ConfigError(f"{name}: give pretrained (the weights the name names) or pretrained_path (a file), not both.")
+        if pretrained_key_map and not pretrained_path:
+            raise ConfigError("pretrained_key_map renames the keys of a pretrained_path file; set pretrained_path too.")
         self.model = create_timm_model(name, in_chans, img_size, drop_path_rate, dynamic_img_size, model_args)
         self.num_features: int = self.model.num_features
         self.num_attention_layers = use_sdpa(self.model)
         if not compile:  # compiled graphs recompute inside the graph; the context around forward suffices
             scope_attention_kernel(self.model, attention)
         self.weight_report: WeightReport | None = None
-        if pretrained_path:
-            self.weight_report = load_local_weights(self.model, Path(pretrained_path), strict=strict_weights)
+        self.weights: dict | None = None  # where the starting weights came from (the run record keeps it)
+        #: the weights' normalisation (pretrained_cfg mean/std for `in_chans`), which data left unset defaults to
+        self.pretrained_mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+        if pretrained:
+            state, cfg = hub.load_pretrained(name)
+            self.weights = hub.origin(name, cfg)
+            label = f"{name} ({self.weights['source']} {self.weights['id']})"
+            self.weight_report = load_state(self.model, state, WeightReport(path=label), strict=strict_weights)
+            self.pretrained_mean_std = hub.mean_std(cfg, in_chans)
+        elif pretrained_path:
+            self.weight_report = load_local_weights(self.model, Path(pretrained_path), strict=strict_weights,
+                                                    key_map=pretrained_key_map)
+            self.weights = {"source": "file", "file": str(Path(pretrained_path).resolve()),
+                            "sha256": hub.sha256(pretrained_path)}
+            if pretrained_key_map:
+                self.weights["key_map"] = pretrained_key_map
         if grad_checkpointing:
             self.set_grad_checkpointing(True)
         if channels_last:
@@ -82,11 +119,22 @@ class TimmBackbone(nn.Module):
             self.model.compile()
 
     def spec(self) -> dict:
-        """class_path + init_args that rebuild this architecture (the weights come from a checkpoint)."""
-        args = {"name": self.name, "in_chans": self.in_chans, "img_size": list(self.img_size) if self.img_size else None,
+        """class_path + init_args that rebuild this architecture (the weights come from a checkpoint), and `weights`:
+        where the starting weights came from. A `hf-hub:` / `local-dir:` name is replaced by the architecture and the
+        arguments its config.json gave, so a rebuild reads neither the hub nor the folder."""
+        name, model_args = self.name, dict(self.model_args)
+        if hub.split_source(name)[0]:
+            name = self.model.pretrained_cfg.get("architecture") or name
+            given = getattr(self.model, "pretrained_model_args", None) or getattr(self.model, "_model_args", None) or {}
+            saved = {k: v for k, v in given.items() if k not in _BUILD_ARGS}
+            model_args = {**saved, **model_args}
+        args = {"name": name, "in_chans": self.in_chans, "img_size": list(self.img_size) if self.img_size else None,
                 "attention": self.attention, "channels_last": self.channels_last,
-                "dynamic_img_size": self.dynamic_img_size, "model_args": dict(self.model_args)}
-        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": args}
+                "dynamic_img_size": self.dynamic_img_size, "model_args": model_args}
+        spec = {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": args}
+        if self.weights:
+            spec["weights"] = dict(self.weights)
+        return spec
 
     @property
     def family(self) -> str:
@@ -152,9 +200,9 @@ def create_timm_model(
     dynamic_img_size: bool,
     model_args: dict | None,
 ) -> nn.Module:
-    """timm.create_model headless and without downloads; size arguments go only to models that take them."""
-    if not timm.is_model(name):
-        raise ConfigError(f"model {name!r} is not in timm's registry (import medconv.models for GResNet).")
+    """timm.create_model headless, random init; size arguments go only to models that take them. A `hf-hub:` or
+    `local-dir:` name reads its config.json (the architecture and its arguments), from the cache when offline."""
+    hub.check_name(name)
     kwargs = dict(model_args or {})
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
@@ -165,7 +213,8 @@ def create_timm_model(
         optional["dynamic_img_size"] = True
     while True:
         try:
-            model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs, **optional)
+            with hub.hub_errors(name):
+                model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs, **optional)
         except TypeError as err:
             dropped = next((k for k in optional if f"'{k}'" in str(err)), None)
             if dropped is None:

@@ -1,16 +1,18 @@
-"""Local pretrained weights for a timm backbone: load, adapt to this model's size, report every mismatch.
+"""Pretrained weights into a timm backbone: adapt them to this model's size and channels, report every mismatch.
 
-No hub downloads. Accepts timm/torch `.pth`/`.pt`/`.bin`/`.ckpt` state dicts, `.safetensors`, Lightning
-checkpoints of our tasks (`backbone.model.` prefix) and SSL exports (any common prefix): the prefix that
-matches most of the model's keys is stripped. The family's own timm `checkpoint_filter_fn` then resizes
+Every source goes through `load_state`: local files (`load_local_weights`) and the weights timm fetches for a
+tag or `hf-hub:` name (`medconv.models.hub`), so both follow one rule and give one report. Local files may be
+timm/torch `.pth`/`.pt`/`.bin`/`.ckpt` state dicts, `.safetensors`, Lightning checkpoints of our tasks
+(`backbone.model.` prefix) and SSL exports (any common prefix): the prefix that matches most of the model's keys
+is stripped; a file in another library's layout is renamed first by a key map (`medconv.models.key_maps`). The family's own timm `checkpoint_filter_fn` then resizes
 what timm knows how to resize (ViT position embeddings, Swin relative-position tables, patch embeddings);
 absolute position embeddings it leaves alone (Hiera) are resampled here. Input convs of RGB weights are
 adapted to the model's `in_chans` with timm's `adapt_input_conv` (summed for 1 channel, repeated and rescaled
 for more), so a grey image gives what the RGB model gives on it repeated over three channels.
 
-timm's own path (`create_model(pretrained=True, pretrained_cfg_overlay=dict(file=...))`) is not used: it strips
-only `module.`, so a Lightning checkpoint loads nothing with just a log line; it raises on shapes its filter
-leaves alone (Hiera's pos_embed, GResNet's input-norm statistics); and it keeps no record to report.
+timm's own path for a file (`create_model(pretrained=True, pretrained_cfg_overlay=dict(file=...))`) is not used:
+it strips only `module.`, so a Lightning checkpoint loads nothing with just a log line; it raises on shapes its
+filter leaves alone (Hiera's pos_embed, GResNet's input-norm statistics); and it keeps no record to report.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from medconv.errors import ConfigError, InputFileError
+from medconv.models.key_maps import KeyMap, rename_keys
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ class WeightReport:
     classifier_dropped: list[str] = field(default_factory=list)
     outside_prefix: list[str] = field(default_factory=list)  # e.g. a task's head in a Lightning checkpoint
     prefix: str = ""
+    renamed: int = 0  # keys renamed by the key map
+    key_map: str = ""
 
     @property
     def ok(self) -> bool:
@@ -54,6 +59,8 @@ class WeightReport:
             return ", ".join(keys[:limit]) + more
 
         parts = [f"{self.path}: loaded {len(self.loaded)} tensors"]
+        if self.key_map:
+            parts.append(f"renamed {self.renamed} keys by the key map {self.key_map}")
         if self.prefix:
             parts.append(f"stripped prefix {self.prefix!r}")
         if self.outside_prefix:
@@ -157,11 +164,21 @@ def _adapt_input_convs(state: dict[str, torch.Tensor], target: dict[str, torch.T
     return done
 
 
-def load_local_weights(model: nn.Module, path: str | Path, strict: bool = False) -> WeightReport:
-    """Load `path` into the timm `model`, adapting sizes; warn on any mismatch, raise if `strict`."""
+def load_local_weights(model: nn.Module, path: str | Path, strict: bool = False, key_map: KeyMap | None = None) -> WeightReport:
+    """Load `path` into the timm `model`, adapting sizes; warn on any mismatch, raise if `strict`.
+
+    `key_map` renames the file's keys first: a built-in map's name or {regex: replacement} (medconv.models.key_maps).
+    """
     state = read_state_dict(path)
+    renamed, label = 0, ""
+    if key_map:
+        state, renamed, label = rename_keys(state, key_map, model)
+    return load_state(model, state, WeightReport(path=str(path), renamed=renamed, key_map=label), strict)
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], report: WeightReport, strict: bool = False) -> WeightReport:
+    """Load `state` into `model`: strip a prefix, resize, adapt input channels; fill `report` with what was done."""
     target = model.state_dict()
-    report = WeightReport(path=str(path))
     report.prefix = _best_prefix(list(state), set(target))
     if report.prefix:
         report.outside_prefix = [k for k in state if not k.startswith(report.prefix)]

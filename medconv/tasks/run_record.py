@@ -14,8 +14,10 @@ from typing import Any
 
 RUN_KEY = "medconv"
 FORMAT = 1
-#: arguments of a backbone that only matter while training, or that the checkpoint's weights replace
-TRAINING_ONLY = ("pretrained_path", "compile", "grad_checkpointing", "strict_weights", "drop_path_rate")
+#: arguments of a backbone that only matter while training, or that the checkpoint's weights replace (a rebuild
+#: never fetches the starting weights again: the backbone's `weights` entry says which they were)
+TRAINING_ONLY = ("pretrained", "pretrained_path", "pretrained_key_map", "compile", "grad_checkpointing", "strict_weights",
+                 "drop_path_rate")
 
 
 class RunRecord:
@@ -34,11 +36,13 @@ class RunRecord:
     def run_record(self) -> dict[str, Any]:
         data = getattr(getattr(self, "_trainer", None), "datamodule", None)
         config = copy.deepcopy(self.run_config or {})
-        model = config.get("model") or self.model_spec()
+        model = strip_training_args(config.get("model") or self.model_spec())
+        for key in ("backbone", "encoder"):
+            with_module_spec(model, key, getattr(self, key, None))
         return {
             "format": FORMAT,
             "task": self.task,
-            "model": strip_training_args(model),
+            "model": model,
             "data": data_record(data) if data is not None else {},
             "data_config": plain(config.get("data")),
             "hparams": plain(dict(getattr(self, "hparams", {}))),
@@ -51,6 +55,20 @@ class RunRecord:
         if backbone is not None and hasattr(backbone, "spec"):
             spec["init_args"]["backbone"] = backbone.spec()
         return spec
+
+
+def with_module_spec(model: dict[str, Any], key: str, module: Any) -> None:
+    """Overlay a module's own `spec()` on its config entry: the architecture it resolved (an `hf-hub:` name becomes
+    the timm architecture and the arguments its config.json gave) and `weights`, where its starting weights came from."""
+    entry = (model.get("init_args") or {}).get(key)
+    spec = module.spec() if callable(getattr(module, "spec", None)) else None
+    if not isinstance(entry, dict) or not isinstance(spec, dict):
+        return
+    if str(entry.get("class_path", "")).rsplit(".", 1)[-1] != str(spec.get("class_path", "")).rsplit(".", 1)[-1]:
+        return
+    entry["init_args"] = {**(entry.get("init_args") or {}), **plain(spec.get("init_args") or {})}
+    if spec.get("weights"):
+        entry["weights"] = plain(spec["weights"])
 
 
 def data_record(data: Any) -> dict[str, Any]:

@@ -57,8 +57,8 @@ class WSITileDataModule(ClassificationDataModule):
         max_tiles_per_slide: int | None = None,
         max_eval_tiles_per_slide: int | None = None,
         augment: HEAugment | None = None,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
+        mean: tuple[float, float, float] | None = None,  # None: the backbone's pretrained weights' (set by the CLI), else ImageNet's
+        std: tuple[float, float, float] | None = None,
         backend: str = "auto",
         target_mpp: float = 0.5,
         tile_size: int = 224,
@@ -86,7 +86,7 @@ class WSITileDataModule(ClassificationDataModule):
         self.max_tiles_per_slide = max_tiles_per_slide
         self.max_eval_tiles_per_slide = max_eval_tiles_per_slide
         self.augment = augment if augment is not None else HEAugment()
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
         self.backend = backend
         self.target_mpp, self.tile_size = target_mpp, tile_size
         given = locals()

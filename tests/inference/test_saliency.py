@@ -6,17 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
+from medconv.inference.pointing import pointing_table
 from medconv.inference.saliency import grad_cam, scale_each
 from medconv.io.mammo import read_mammogram
-from medconv.mammo.prep import breast_mask
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = [REPO / "configs" / "mammo_convnext.yaml", REPO / "configs" / "quickstart_cpu.yaml",
@@ -101,27 +99,15 @@ def held_out_positives(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pointing_game(out: Path, manifest: Path) -> dict[str, float]:
-    """Score `medconv infer`'s maps against the lesion masks, in original pixels: hit rate (the map's maximum within
-    HIT_RADIUS_PX of the lesion), its chance rate (that dilated lesion's share of the breast: where a maximum drawn
-    uniformly in the breast lands), and the map's mean on the lesion and on the rest of the breast."""
-    masks = pd.read_csv(manifest, dtype=str, keep_default_na=False).set_index("image_path")["mask_path"]
-    images = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
-    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * HIT_RADIUS_PX + 1,) * 2)
-    hits, chance, inside, outside = [], [], [], []
-    for row in images.to_dict("records"):
-        pixels = read_mammogram(row["image_path"]).pixels
+    """Score `medconv infer`'s maps against the lesion masks with `medconv evaluate-heatmaps`' pointing game: hit
+    rate (the map's maximum within HIT_RADIUS_PX of the lesion), its chance rate, and the map's mean on the lesion
+    and on the rest of the breast."""
+    table = pointing_table(out, manifest, tolerance_px=HIT_RADIUS_PX)
+    for row in pd.read_csv(out / "predictions.csv", dtype=str).to_dict("records"):
         saliency = np.load(out / row["saliency_map"])
-        assert saliency.dtype == np.float16 and saliency.shape == pixels.shape
-        relative = str(Path(row["image_path"]).relative_to(manifest.parent))
-        lesion = np.asarray(Image.open(manifest.parent / masks[relative])) > 0
-        near = cv2.dilate(lesion.astype(np.uint8), disk) > 0
-        breast = breast_mask(pixels)
-        hits.append(bool(near.flat[int(np.argmax(saliency))]))
-        chance.append((near & breast).sum() / breast.sum())
-        inside.append(float(saliency[lesion].mean()))
-        outside.append(float(saliency[breast & ~lesion].mean()))
-    return {"n": len(hits), "hit_rate": float(np.mean(hits)), "chance": float(np.mean(chance)),
-            "inside": float(np.mean(inside)), "outside": float(np.mean(outside))}
+        assert saliency.dtype == np.float16 and saliency.shape == read_mammogram(row["image_path"]).pixels.shape
+    return {"n": len(table), "hit_rate": float(table["hit"].mean()), "chance": float(table["chance"].mean()),
+            "inside": float(table["on_lesion"].mean()), "outside": float(table["rest_of_breast"].mean())}
 
 
 @pytest.mark.integration

@@ -26,6 +26,8 @@ OVERRIDES = {
     "ablation/ssl_mammo_finetune.yaml": ["mammo_convnext.yaml", "quickstart_cpu.yaml"],
     "ablation/ssl_wsi_pretrain.yaml": ["pretrain/mim_convnext.yaml", "pretrain/on_wsi.yaml"],
     "ablation/ssl_wsi_finetune.yaml": "wsi_convnext.yaml",
+    "ablation/mias_finetune.yaml": ["mammo_convnext.yaml", "quickstart_cpu.yaml"],
+    "ablation/mias_patches.yaml": "mammo_patches_convnext.yaml",
     "mil/clam_sb.yaml": "wsi_abmil.yaml",
     "mil/transmil.yaml": "wsi_abmil.yaml",
     "mil/end_to_end.yaml": "wsi_abmil.yaml",
@@ -80,7 +82,9 @@ def test_config_parses(rel: str, capsys: pytest.CaptureFixture[str]) -> None:
             assert config["data"]["init_args"]["label_fraction"] == run.fraction
         for prun in pretrain_runs(sweep)[:1]:
             config = _print_config(pretrain_args(sweep, prun, Path("runs") / prun.run_id)[1:], capsys)
-            assert config["data"]["init_args"]["source"]["init_args"]["split_seed"] == sweep.split_seed
+            data = config["data"]["init_args"]  # a supervised first stage is a labelled datamodule, SSL wraps a source
+            data = data if prun.init.objective == "supervised" else data["source"]["init_args"]
+            assert data["split_seed"] == sweep.split_seed
         return
     if _is_experiment(rel):
         config = _print_config(["--config", str(CONFIGS / rel)], capsys)

@@ -29,7 +29,7 @@ MAX_CYCLES = 200  # enough to show what is wrong; the count of the rest is given
 #: sits with the commands: production code never imports it (datamodules get it injected as a `demo` object).
 LAYERS = (
     ("medconv", "medconv.errors", "medconv.keys", "medconv.commands"),
-    ("medconv.io", "medconv.run_dirs", "medconv.precision"),
+    ("medconv.io", "medconv.run_dirs", "medconv.precision", "medconv.stats"),
     ("medconv.tiling",),
     ("medconv.data",),
     ("medconv.mammo", "medconv.wsi", "medconv.mil"),
@@ -38,7 +38,7 @@ LAYERS = (
     ("medconv.tasks",),
     ("medconv.callbacks", "medconv.runs"),
     ("medconv.slides",),
-    ("medconv.inference", "medconv.embedding"),
+    ("medconv.inference", "medconv.embedding", "medconv.export"),
     ("medconv.ablation", "medconv.demo"),
     ("medconv.bench",),
     ("medconv.cli", "medconv.lightning_cli"),
