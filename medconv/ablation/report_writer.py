@@ -7,13 +7,15 @@ leaves a table that looks complete; the records themselves are only read.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 
 from medconv.ablation.analysis import arms_table, conclusions, cost_table, family_comparison, family_table, init_comparison
-from medconv.ablation.oof import oof_tables
+from medconv.ablation.oof import oof_predictions, oof_tables
+from medconv.ablation.oof_breakdown import pooled_calibration, subgroup_tables
 from medconv.ablation.plots import cost, metric_vs_fraction
 from medconv.ablation.records import load_records, records_dir, records_table
 from medconv.ablation.report import to_markdown
@@ -34,8 +36,10 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def write_report(directory: str | Path, out: str | Path | None = None, metric: str = "auroc") -> Path:
-    """Write the report of the records under `directory` into `out` (default `<directory>/report`)."""
+def write_report(directory: str | Path, out: str | Path | None = None, metric: str = "auroc",
+                 subgroups: Sequence[str] = (), manifest: str | Path | None = None) -> Path:
+    """Write the report of the records under `directory` into `out` (default `<directory>/report`); k-fold sweeps
+    also get their pooled out-of-fold calibration and, for each of `subgroups`, AUROC per subgroup value."""
     records = load_records(directory)
     folder = records_dir(directory)
     out = Path(out) if out else folder.parent / "report"
@@ -46,6 +50,10 @@ def write_report(directory: str | Path, out: str | Path | None = None, metric: s
         oof = oof_tables(records)
     except ValueError as err:  # overlapping folds or conflicting labels in the runs' predictions
         raise InputFileError(f"{folder}: cannot pool the out-of-fold predictions: {err}") from err
+    if oof:
+        predictions = oof_predictions(records)
+        oof |= {"oof_calibration": pooled_calibration(predictions, plots=out)} | subgroup_tables(
+            predictions, subgroups, Path(manifest) if manifest else None)
     parts = tables(table, metric) | oof
     for name, frame in parts.items():
         with atomic_path(out / f"{name}.csv") as tmp:
@@ -84,6 +92,12 @@ def _oof_sections(parts: dict[str, pd.DataFrame]) -> list[str]:
         shown = paired[["a", "b", "seed", "n", "diff", "delong_ci_low", "delong_ci_high", "delong_p", "boot_ci_low", "boot_ci_high"]]
         lines += ["## Paired arm differences on the same out-of-fold images (a - b: DeLong CI and p; paired patient-bootstrap CI)",
                   "", to_markdown(shown), ""]
+    if "oof_calibration" in parts:
+        lines += ["## Calibration of the pooled out-of-fold probabilities (ECE: 10 equal-width bins; reliability_*.png)",
+                  "", to_markdown(parts["oof_calibration"]), ""]
+    for name in sorted(k for k in parts if k.startswith("oof_by_")):
+        lines += [f"## Pooled out-of-fold AUROC by {name[len('oof_by_'):]} (95% patient-bootstrap CI)", "",
+                  to_markdown(parts[name]), ""]
     return lines
 
 
@@ -92,9 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dir", type=Path, help="the sweep's --out folder (or its records/ folder)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default DIR/report)")
     parser.add_argument("--metric", default="auroc", help="test metric to report (a key of test_metrics.json)")
+    parser.add_argument("--subgroups", nargs="*", default=[], help="k-fold sweeps: AUROC per value of these manifest "
+                        "columns (e.g. density site scanner)")
+    parser.add_argument("--manifest", type=Path, default=None, help="the manifest the runs trained on, for --subgroups "
+                        "columns their predictions do not carry")
     args = parser.parse_args(argv)
     try:
-        out = write_report(args.dir, args.out, args.metric)
+        out = write_report(args.dir, args.out, args.metric, args.subgroups, args.manifest)
     except FileNotFoundError as err:
         raise InputFileError(str(err)) from err
     print(f"report written to {out} (report.md, *.csv, {args.metric}_vs_fraction.png, cost.png)")

@@ -18,17 +18,13 @@ from medconv.ablation.sweep import expand, parse_sweep, pretrain_runs
 from medconv.data.datamodule import ClassificationDataModule
 from medconv.errors import ConfigError
 
+from .conftest import raw_sweep, write_test_outputs
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _raw(tmp_path: Path, **changes) -> dict:
-    (tmp_path / "base.yaml").write_text("trainer: {}\n")
-    (tmp_path / "pre.yaml").write_text("trainer: {}\n")
-    raw = {"configs": ["base.yaml"], "backbones": [{"name": "convnext_atto", "family": "cnn"},
-                                                   {"name": "pvt_v2_b0", "family": "vit"}],
-           "inits": {"random": "random", "mim": {"pretrain": ["pre.yaml"]}}, "fractions": [0.05, 1.0],
-           "seeds": [0, 1], "split_seed": 3, "steps": 50, "folds": 3}
-    return {**raw, **changes}
+    return raw_sweep(tmp_path, **{"folds": 3, **changes})
 
 
 def test_every_run_and_pretraining_is_repeated_per_fold(tmp_path):
@@ -107,11 +103,7 @@ class FoldChild:
         log.write_text("fake child\n")
         flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
         if args[0] == "test":
-            out = Path(args[2]).parent / "eval" / "test-1"
-            out.mkdir(parents=True)
-            (out / "test_metrics.json").write_text(json.dumps({"metrics": {"auroc": 0.75, "n": 4}}))
-            (out / "test_predictions.csv").write_text("label_index,image_id,patient_id,prob_0,prob_1,pred,label\n"
-                                                      "1,a.png,p1,0.2,0.8,b,b\n")
+            write_test_outputs(args, "label_index,image_id,patient_id,prob_0,prob_1,pred,label\n1,a.png,p1,0.2,0.8,b,b\n")
             return Child(0, 0.01, 50.0)
         root = Path(flags["trainer.default_root_dir"])
         run = root / "cfg" / "version_0"

@@ -15,6 +15,8 @@ from medconv.ablation.runner import Child, Runner
 from medconv.ablation.sweep import expand, parse_sweep, pretrain_runs
 from medconv.errors import ConfigError
 
+from .conftest import write_test_outputs
+
 
 def _raw(tmp_path: Path, **changes) -> dict:
     (tmp_path / "base.yaml").write_text("trainer: {}\n")
@@ -64,9 +66,7 @@ class FirstStageChild:
         log.write_text("fake child\n")
         flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
         if args[0] == "test":
-            out = Path(args[2]).parent / "eval" / "test-1"
-            out.mkdir(parents=True)
-            (out / "test_metrics.json").write_text(json.dumps({"metrics": {"auroc": 0.75, "n": 4}}))
+            write_test_outputs(args)
             return Child(0, 0.01, 50.0)
         run = Path(flags["trainer.default_root_dir"]) / "cfg" / "version_0"
         (run / "checkpoints").mkdir(parents=True)

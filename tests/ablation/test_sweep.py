@@ -14,19 +14,14 @@ from medconv.errors import ConfigError, PretrainedWeightsError
 from medconv.models import hub
 
 from ..conftest import write_hf_cache_entry
+from .conftest import raw_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _raw(tmp_path: Path, **changes) -> dict:
-    (tmp_path / "base.yaml").write_text("trainer: {}\n")
-    (tmp_path / "pre.yaml").write_text("trainer: {}\n")
-    raw = {"configs": ["base.yaml"], "backbones": [{"name": "convnext_atto", "family": "cnn"},
-                                                   {"name": "pvt_v2_b0", "family": "vit"}],
-           "inits": {"random": "random", "mim": {"pretrain": ["pre.yaml"]}}, "fractions": [0.05, 1.0],
-           "seeds": [0, 1], "split_seed": 3, "steps": 50, "val_every_steps": 10}
-    return {**raw, **changes}
+    return raw_sweep(tmp_path, **{"val_every_steps": 10, **changes})
 
 
 def test_expansion_gives_every_combination_once_with_readable_ids(tmp_path):
