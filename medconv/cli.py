@@ -24,7 +24,8 @@ TOOLS = {
     "tile": ("medconv.tiling.cli", "Tile slides: tissue mask, grid at target mpp, HDF5 coords, QC images."),
     "bench": ("medconv.bench.cli", "Measure your setup: `train-overhead`, `tiles`, `infer`, `gpu` (all GPU goals)."),
     "infer": ("medconv.inference.cli", "Slide heatmaps, tile scores, QuPath GeoJSON and slide scores; mammogram predictions."),
-    "embed": ("medconv.embedding.cli", "Tile features per slide for MIL (CLAM/TRIDENT h5 + pt) from a timm, SSL or medconv encoder."),
+    "embed": ("medconv.embedding.cli", "Tile features per slide for MIL (CLAM/TRIDENT h5 + pt) from a pathology encoder "
+              "by name (uni2-h, virchow2, ...: --list-encoders), a timm name, an SSL export or a medconv run."),
     "export": ("medconv.export.cli", "A run in the timm / Hugging Face hub format: config.json, model.safetensors, model card."),
     "evaluate-heatmaps": ("medconv.inference.quality", "Tile/slide AUROC and FROC of `medconv infer` heatmaps against tumour masks."),
     "export-tiles": ("medconv.wsi.export_tiles", "Write the tiles of coords stores as image files for other tools."),

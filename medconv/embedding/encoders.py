@@ -167,8 +167,13 @@ def _backbone(name: str, in_chans: int, img_size: tuple[int, int] | None, weight
 
 
 def _dim(module: nn.Module) -> int:
-    model = getattr(module, "model", module)
-    return int(getattr(model, "head_hidden_size", None) or module.num_features)
+    """The feature width the encoder returns: a TimmBackbone knows it (its recipe's dim, or the pooled width that
+    timm's head receives); a bare timm model says it through head_hidden_size / num_features."""
+    from medconv.models import TimmBackbone
+
+    if isinstance(module, TimmBackbone):
+        return int(module.num_features)
+    return int(getattr(module, "head_hidden_size", None) or module.num_features)
 
 
 def _timm(name: str, weights: str | None, img_size: tuple[int, int] | None) -> Encoder:

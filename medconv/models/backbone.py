@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Literal
 
 import timm
 import torch
@@ -12,6 +13,8 @@ from torch import nn
 from medconv.errors import ConfigError
 from medconv.models import hub
 from medconv.models.attention import AttentionKernel, KernelScope, scope_attention_kernel, use_sdpa
+from medconv.models.encoder_build import backbone_entry, encoder_weights, recipe_dim, recipe_features
+from medconv.models.encoder_registry import PREFIX, EncoderEntry, is_encoder_name, resolve_model_args
 from medconv.models.key_maps import KeyMap
 from medconv.models.weights import WeightReport, load_local_weights, load_state
 
@@ -38,9 +41,16 @@ class TimmBackbone(nn.Module):
     `weights` records where they came from (hub id, commit, file, sha256) for the run record. Weights that
     cannot be had (offline and not cached, gated, unknown repo) are a PretrainedWeightsError saying what to do.
 
+    `encoder:<name>` names a pathology encoder of `medconv.models.encoder_registry` (`encoder:uni2-h`): the entry's
+    timm architecture and arguments, its hub weights with `pretrained`, its normalisation for data that leaves
+    mean/std unset, and its feature recipe (`cls`, `cls+mean`, `stage-mean`) as the pooled output, so `num_features`
+    is the entry's dim. The run record keeps the architecture, arguments and recipe, not the name: a rebuild needs
+    neither the hub nor the registry.
+
     Args:
         name: timm model name, optionally with a pretrained tag or a source: convnext_tiny, convnext_tiny.fb_in22k,
-            hf-hub:timm/resnet50d.ra2_in1k, local-dir:/path/to/folder (config.json + weights, timm's layout).
+            hf-hub:timm/resnet50d.ra2_in1k, local-dir:/path/to/folder (config.json + weights, timm's layout), or a
+            registry encoder: encoder:uni2-h.
         in_chans: input channels (1 for raw mammograms); RGB weights' input conv is adapted to it as timm does.
         img_size: (H, W) the model is built for; ignored by models that take any size (CNNs, PVT-v2).
         pretrained: load the weights `name` names (its tag, timm's default tag, or its hf-hub:/local-dir: source).
@@ -54,7 +64,11 @@ class TimmBackbone(nn.Module):
         channels_last: NHWC weights and inputs (CNN speed-up with AMP on GPU).
         compile: torch.compile the model in place (state-dict keys unchanged).
         dynamic_img_size: accept any input size at run time (ViT, Swin, SwinV2).
-        model_args: extra timm constructor arguments (depths, embed_dim, window_size, ...).
+        model_args: extra timm constructor arguments (depths, embed_dim, window_size, ...); class-valued ones as
+            dotted names from timm.layers or torch.nn (mlp_layer: timm.layers.SwiGLUPacked).
+        recipe: the features the head sits on, from the final tokens or maps: cls (class token), cls+mean (class
+            token, then the mean of the patch tokens), stage-mean (a features_only CNN's last stage, averaged);
+            None: timm's pooled output (`forward_head(pre_logits=True)`). An encoder name sets its entry's.
     """
 
     def __init__(
@@ -73,11 +87,23 @@ class TimmBackbone(nn.Module):
         compile: bool = False,
         dynamic_img_size: bool = False,
         model_args: dict | None = None,
+        recipe: Literal["cls", "cls+mean", "stage-mean"] | None = None,
     ):
         super().__init__()
         self.name = name
         self.in_chans = in_chans
         self.model_args = dict(model_args or {})
+        entry = _encoder(name)
+        if entry is not None:  # the entry's architecture and arguments; img_size and dynamic_img_size are ours to set
+            entry_args = dict(entry.model_args)
+            entry_size = entry_args.pop("img_size", None)
+            entry_args.pop("dynamic_img_size", None)
+            self.model_args = {**entry_args, **self.model_args}
+            img_size = img_size if img_size is not None else entry_size
+            recipe = recipe or entry.recipe
+        self.encoder = entry.name if entry is not None else None  # the registry entry the backbone was named by
+        self.architecture = entry.architecture if entry is not None else name
+        self.recipe = recipe
         self.attention = attention
         self.channels_last = channels_last
         self.dynamic_img_size = dynamic_img_size
@@ -89,8 +115,12 @@ class TimmBackbone(nn.Module):
             raise ConfigError(f"{name}: give pretrained (the weights the name names) or pretrained_path (a file), not both.")
         if pretrained_key_map and not pretrained_path:
             raise ConfigError("pretrained_key_map renames the keys of a pretrained_path file; set pretrained_path too.")
-        self.model = create_timm_model(name, in_chans, img_size, drop_path_rate, dynamic_img_size, model_args)
-        self.num_features: int = self.model.num_features
+        self.model = create_timm_model(self.architecture, in_chans, img_size, drop_path_rate, dynamic_img_size,
+                                       self.model_args)
+        #: the width of what `forward` returns, which the task's head takes: the recipe's, else timm's pooled output
+        #: (`head_hidden_size`: wider than `num_features` where a pre-logits conv or MLP follows the pooling)
+        self.num_features: int = (recipe_dim(self.model, recipe, name) if recipe
+                                  else int(getattr(self.model, "head_hidden_size", None) or self.model.num_features))
         self.num_attention_layers = use_sdpa(self.model)
         if not compile:  # compiled graphs recompute inside the graph; the context around forward suffices
             scope_attention_kernel(self.model, attention)
@@ -99,8 +129,11 @@ class TimmBackbone(nn.Module):
         #: the weights' normalisation (pretrained_cfg mean/std for `in_chans`), which data left unset defaults to
         self.pretrained_mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
         if pretrained:
-            state, cfg = hub.load_pretrained(name)
-            self.weights = hub.origin(name, cfg)
+            state, cfg = encoder_weights(entry) if entry is not None else hub.load_pretrained(name, self.model_args)
+            self.weights = hub.origin(entry.hub_id if entry is not None else name, cfg)
+            if entry is not None:  # normalised as the entry says (its model card), whatever the hub config holds
+                self.weights |= {"name": name, "encoder": entry.name}
+                cfg = {**cfg, "mean": entry.mean, "std": entry.std}
             label = f"{name} ({self.weights['source']} {self.weights['id']})"
             self.weight_report = load_state(self.model, state, WeightReport(path=label), strict=strict_weights)
             self.pretrained_mean_std = hub.mean_std(cfg, in_chans)
@@ -121,8 +154,9 @@ class TimmBackbone(nn.Module):
     def spec(self) -> dict:
         """class_path + init_args that rebuild this architecture (the weights come from a checkpoint), and `weights`:
         where the starting weights came from. A `hf-hub:` / `local-dir:` name is replaced by the architecture and the
-        arguments its config.json gave, so a rebuild reads neither the hub nor the folder."""
-        name, model_args = self.name, dict(self.model_args)
+        arguments its config.json gave, so a rebuild reads neither the hub nor the folder; an `encoder:` name by its
+        entry's architecture, arguments and recipe, so a rebuild needs no registry either."""
+        name, model_args = self.architecture, dict(self.model_args)
         if hub.split_source(name)[0]:
             name = self.model.pretrained_cfg.get("architecture") or name
             given = getattr(self.model, "pretrained_model_args", None) or getattr(self.model, "_model_args", None) or {}
@@ -131,6 +165,8 @@ class TimmBackbone(nn.Module):
         args = {"name": name, "in_chans": self.in_chans, "img_size": list(self.img_size) if self.img_size else None,
                 "attention": self.attention, "channels_last": self.channels_last,
                 "dynamic_img_size": self.dynamic_img_size, "model_args": model_args}
+        if self.recipe:
+            args["recipe"] = self.recipe
         spec = {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": args}
         if self.weights:
             spec["weights"] = dict(self.weights)
@@ -172,11 +208,15 @@ class TimmBackbone(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Unpooled last-stage features in the model's own layout (NCHW for CNNs, NHWC/NLC for ViTs)."""
         with self._kernel():
+            if self.recipe == "stage-mean":  # a features_only model: its last requested stage
+                return self.model(self._prepare(x))[-1]
             return self.model.forward_features(self._prepare(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features (B, num_features); the task's head goes on top."""
+        """Pooled features (B, num_features): the recipe's, else timm's; the task's head goes on top."""
         with self._kernel():
+            if self.recipe:
+                return recipe_features(self.model, self._prepare(x), self.recipe)
             return self.model(self._prepare(x))
 
     def feature_maps(self, x: torch.Tensor, indices: int | list[int] | None = None) -> list[torch.Tensor]:
@@ -202,8 +242,10 @@ def create_timm_model(
 ) -> nn.Module:
     """timm.create_model headless, random init; size arguments go only to models that take them. A `hf-hub:` or
     `local-dir:` name reads its config.json (the architecture and its arguments), from the cache when offline."""
+    if not name.lower().startswith(PREFIX) and is_encoder_name(name) and not timm.is_model(name):
+        raise ConfigError(f"{name!r} is a registry encoder, not a timm name: write encoder:{name}.")
     hub.check_name(name)
-    kwargs = dict(model_args or {})
+    kwargs = resolve_model_args(dict(model_args or {}))
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
     optional = {}
@@ -227,6 +269,11 @@ def create_timm_model(
         else:
             _check_mask_units(name, model)
             return model
+
+
+def _encoder(name: str) -> EncoderEntry | None:
+    """The registry entry an `encoder:<name>` backbone names (transformers entries refused), else None."""
+    return backbone_entry(name) if name.lower().startswith(PREFIX) else None
 
 
 def _check_mask_units(name: str, model: nn.Module) -> None:

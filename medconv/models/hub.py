@@ -26,6 +26,7 @@ import torch
 from timm.models import get_pretrained_cfg, parse_model_name, split_model_name_tag
 
 from medconv.errors import ConfigError, InputFileError, PretrainedWeightsError
+from medconv.models.encoder_registry import resolve_model_args
 
 HUB_URL = "https://huggingface.co"
 #: what timm loads from a `local-dir:` folder, in its order of preference
@@ -81,15 +82,27 @@ def _close(name: str, names: list[str]) -> str:
     return f"; close names: {', '.join(close)}" if close else ""
 
 
-def load_pretrained(name: str) -> tuple[dict[str, torch.Tensor], dict]:
+def load_pretrained(name: str, model_args: dict | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors timm loads for `name` (its source resolution, cache and offline rules) and their pretrained_cfg.
 
     timm builds the model headless at the weights' own size and channels, so nothing is adapted yet: adapting them
-    to this run's input (and reporting it) is `weights.load_state`'s, the same as for a local file.
+    to this run's input (and reporting it) is `weights.load_state`'s, the same as for a local file. `model_args`
+    (constructor arguments; dotted class names such as `timm.layers.SwiGLUPacked` allowed) build the architecture
+    the weights are for where the name alone does not say it (a hub config.json without its class-valued arguments,
+    a registry encoder's entry); weights that do not fit it are a ConfigError, not a half-loaded model.
     """
     check_name(name, pretrained=True)
+    args = resolve_model_args({k: v for k, v in (model_args or {}).items() if k not in ("num_classes", "in_chans")})
     with hub_errors(name):
-        reference = timm.create_model(name, pretrained=True, num_classes=0)
+        try:
+            reference = timm.create_model(name, pretrained=True, num_classes=0, **args)
+        except RuntimeError as err:
+            if "loading state_dict" not in str(err):
+                raise
+            detail = " ".join(str(err).split())[:300]
+            raise ConfigError(f"{name}: its pretrained weights do not fit the architecture built with model_args "
+                              f"{model_args or {}} ({detail}); leave out the arguments that change the architecture, "
+                              "or load a local file with pretrained_path (mismatches are then reported).") from err
     return reference.state_dict(), dict(reference.pretrained_cfg)
 
 
