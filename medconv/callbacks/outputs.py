@@ -112,7 +112,7 @@ class RunOutputs(L.Callback):
         preds = write_predictions(rows, out / f"{stage}_predictions.csv", _classes(trainer))
         png = plot_roc(rows, out / f"roc_{stage}.png", pl_module.eval_groups, pl_module.group_reduce, title=f"{stage} ROC")
         reliability = plot_reliability(rows, out / f"reliability_{stage}.png", title=f"{stage} calibration")
-        image = result.bootstrap.get("image", {})
+        image = next(iter(result.bootstrap.values()), {})  # the rows' level (image, or sample for patches)
         report = {
             "checkpoint": str(trainer.ckpt_path or ""),
             "manifest": str(getattr(trainer.datamodule, "manifest", "") or ""),

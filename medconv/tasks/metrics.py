@@ -98,10 +98,12 @@ class Evaluation:
 
 
 def levels(rows: dict, groups: dict[str, list[str]] | None = None, reduce: str = "max") -> dict[str, tuple]:
-    """name -> (probs, labels, patient ids or None): `image` for the rows, then one per group whose id columns the
-    rows carry (a group's patient is its first member's)."""
+    """name -> (probs, labels, patient ids or None): the rows first (`image`, or `sample` when a group is itself
+    named `image`, as a patch classifier's images are), then one per group whose id columns the rows carry (a
+    group's patient is its first member's)."""
     patients = rows.get(keys.PATIENT_ID)
-    out = {"image": (np.asarray(rows["probs"]), np.asarray(rows["labels"]), patients)}
+    row_level = "sample" if "image" in (groups or {}) else "image"
+    out = {row_level: (np.asarray(rows["probs"]), np.asarray(rows["labels"]), patients)}
     for group, columns in (groups or {}).items():
         if all(c in rows for c in columns):
             g_keys = list(zip(*(rows[c] for c in columns), strict=True))
@@ -125,8 +127,8 @@ def evaluate_report(
     bootstrap over patients (`patient_id`), or over the level's rows when the rows carry no patient id."""
     out: dict[str, float] = {}
     info: dict[str, dict] = {}
-    for name, (probs, labels, patients) in levels(rows, groups, reduce).items():
-        prefix = "" if name == "image" else f"{name}/"
+    for index, (name, (probs, labels, patients)) in enumerate(levels(rows, groups, reduce).items()):
+        prefix = "" if index == 0 else f"{name}/"  # the rows' metrics are unprefixed, a group's are `<group>/`
         out |= {prefix + k: v for k, v in classification_metrics(probs, labels).items()}
         ci = bootstrap_ci(probs, labels, n_boot, level, seed, patient_ids=patients)
         for metric, (low, high) in ci.intervals.items():

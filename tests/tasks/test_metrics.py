@@ -117,3 +117,12 @@ def test_evaluate_reports_groups_with_intervals():
     assert {"auroc_ci_low", "auroc_ci_high", "breast/auprc_ci_low"} <= set(out)
     mean = evaluate(rows, {"breast": ["exam_id", "laterality"]}, "mean")
     assert "auroc_ci_low" not in mean and mean["breast/n"] == 4
+
+
+def test_a_group_named_image_keeps_the_rows_own_metrics():
+    """A patch classifier's rows are patches and its group `image` their images: both levels are reported."""
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
+    rows = {"probs": probs, "labels": np.array([0, 1, 0, 1]), "image_id": ["a", "a", "b", "b"]}
+    report = evaluate_report(rows, {"image": ["image_id"]})
+    assert report.metrics["auroc"] == pytest.approx(0.75) and report.metrics["n"] == 4  # per patch
+    assert report.metrics["image/n"] == 2  # per image (max over its patches): both images positive, one class only
