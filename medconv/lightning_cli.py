@@ -7,18 +7,18 @@ metrics.csv, checkpoints/, predictions and plots.
 
 The callbacks that write a run's files (reports with CIs, predictions, the encoder export) belong to its recipe
 and are listed in its YAML (configs/base/trainer.yaml, mil_trainer.yaml, pretrain_trainer.yaml), where a user sees
-and configures them. The tasks do not return them from `configure_callbacks()`: Lightning lets those replace every
-trainer callback of the same type, which would drop the options a config gives them, and a task used from Python
+and configures them. The LightningModules do not return them from `configure_callbacks()`: Lightning lets those replace every
+trainer callback of the same type, which would drop the options a config gives them, and a LightningModule used from Python
 would write run files nobody asked for. Because a `trainer.callbacks` list in a later --config replaces the earlier
 list (`callbacks+:` extends it), and older runs' saved configs may lack one, the CLI checks the final list by type
-against `RUN_CALLBACKS` and puts back what the task's run needs, with a warning naming it.
+against `RUN_CALLBACKS` and puts back what the LightningModule's run needs, with a warning naming it.
 
 `--ckpt_path FILE` loads the checkpoint's weights into the model that the config builds, as `best` / `last` do.
 LightningCLI would first re-apply the checkpoint's `hyper_parameters` over the parsed config; medconv does not, since
 the config is authoritative: `fit` saves it complete beside the checkpoints, while the hyper-parameters lack the
-injected modules (backbone, aggregator, optimiser), carry link placeholders that a task may not accept (`in_dim:
+injected modules (backbone, aggregator, optimiser), carry link placeholders that a LightningModule may not accept (`in_dim:
 null` for a classifier), and would override the command line. Instead the file is checked before any data is read:
-it exists, holds a Lightning checkpoint of weights only, and was written by the task class the config builds.
+it exists, holds a Lightning checkpoint of weights only, and was written by the LightningModule class the config builds.
 """
 
 from __future__ import annotations
@@ -191,15 +191,15 @@ def _occupied(run: Path, ckpt_path: str | None) -> bool:
 
 @dataclass(frozen=True)
 class RunCallbacks:
-    """The callbacks a task's run writes its files with, and the base config that lists them."""
+    """The callbacks a LightningModule's run writes its files with, and the base config that lists them."""
 
     needs: tuple[str, ...]
     recipe: str
-    #: a writer that writes the wrong files for this task -> the one that writes its files
+    #: a writer that writes the wrong files for this LightningModule -> the one that writes its files
     replaces: dict[str, str] = field(default_factory=dict)
 
 
-#: By task class (subclasses count); callbacks are matched by type, so aliases and subclasses satisfy a need.
+#: By LightningModule class (subclasses count); callbacks are matched by type, so aliases and subclasses satisfy a need.
 RUN_CALLBACKS: dict[str, RunCallbacks] = {
     "medconv.tasks.ClassificationModule": RunCallbacks(
         ("medconv.callbacks.RunOutputs", "medconv.callbacks.PredictionCSVWriter"), "configs/base/trainer.yaml"),
@@ -211,7 +211,7 @@ RUN_CALLBACKS: dict[str, RunCallbacks] = {
 
 
 def _ensure_run_callbacks(trainer, model_class_path: str) -> None:  # noqa: ANN001 -- the parsed `trainer` section
-    """Put back what the task's run needs (reports with CIs, predictions, the encoder export) when the final callback
+    """Put back what the LightningModule's run needs (reports with CIs, predictions, the encoder export) when the final callback
     list lacks it, and swap a writer that would write the wrong files for it; warn about each change, since the
     config itself should list them."""
     model_class = _import(model_class_path)
@@ -327,7 +327,7 @@ def _pickled_objects(ckpt: str) -> str:
 
 
 def _checkpoint_task(path: Path) -> str | None:
-    """The class path of the task that wrote a Lightning checkpoint (None when it does not say); a CheckpointError
+    """The class path of the LightningModule that wrote a Lightning checkpoint (None when it does not say); a CheckpointError
     when the file is not a Lightning checkpoint of weights only. Memory-mapped: the tensors are not read."""
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a checkpoint written by `medconv fit` (not a PyTorch checkpoint file). Pass "
